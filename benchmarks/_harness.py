@@ -1,0 +1,93 @@
+"""Timing and reporting: interleaved repeats, medians, a table with ratios to the best peer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Runner = Callable[[], object]
+
+
+@dataclass
+class Scenario:
+    """One workload, several contenders; ``unit`` says what the figures measure."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    figures: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def ratio(self) -> float | None:
+        """taskfan's figure over the best peer's (> 1 means taskfan is better)."""
+        ours = self.figures.get("taskfan")
+        peers = [v for k, v in self.figures.items() if k != "taskfan" and v]
+        if not ours or not peers:
+            return None
+        if self.higher_is_better:
+            return ours / max(peers)
+        return min(peers) / ours
+
+    def best_peer(self) -> str:
+        peers = {k: v for k, v in self.figures.items() if k != "taskfan" and v}
+        if not peers:
+            return "-"
+        pick = max if self.higher_is_better else min
+        return pick(peers, key=lambda k: peers[k])
+
+
+def median_times(
+    contenders: dict[str, Runner | None],
+    repeats: int,
+    check: Callable[[str, object], None] | None = None,
+) -> dict[str, float | None]:
+    """Median wall time of each contender, runs interleaved so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for name, run in contenders.items():  # a warm-up run each, checked
+        if run is not None:
+            result = run()
+            if check is not None:
+                check(name, result)
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            if run is None:
+                continue
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) if ts else None for name, ts in times.items()}
+
+
+def format_figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "items/s":
+        return f"{value / 1e6:.2f}M/s" if value >= 1e6 else f"{value / 1e3:.0f}k/s"
+    if unit == "efficiency":
+        return f"{value:.0%}"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    return f"{value:.3f} s"
+
+
+def table(scenarios: list[Scenario]) -> str:
+    """A Markdown table: one row per scenario, taskfan then each peer, and the ratio."""
+    peers: list[str] = []
+    for s in scenarios:
+        peers += [k for k in s.figures if k != "taskfan" and k not in peers]
+    head = ["scenario", "taskfan", *peers, "vs best peer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in scenarios:
+        ratio = s.ratio()
+        ours = format_figure(s.figures.get("taskfan"), s.unit)
+        ours += f" ({s.notes['taskfan']})" if "taskfan" in s.notes else ""
+        cells = [f"{s.name} ({s.unit})", ours]
+        for p in peers:
+            cell = format_figure(s.figures[p], s.unit) if p in s.figures else ""
+            cells.append(cell + (f" ({s.notes[p]})" if p in s.notes else ""))
+        best = s.best_peer()
+        cells.append(f"{ratio:.2f}x {best}" if ratio is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

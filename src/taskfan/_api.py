@@ -1,0 +1,321 @@
+"""The fronts: thin shapes over the engine. None of them holds any policy."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._engine import Engine, Job, Piece
+from ._options import Options, make_options, plan
+from ._outcome import Outcome, Report, Results
+from .backends._base import FULL, KWARGS, SINGLE, STAR
+
+__all__ = ["Parallelized", "ResultIterator", "Runner", "imap", "map", "starmap"]
+
+T = TypeVar("T")
+_builtin_map = map
+
+
+def map(fn: Callable[..., T], items: Iterable[Any], /, **options: Any) -> list[Any]:
+    """``fn(item)`` for every item, at once; the results in input order, as a list.
+
+    ``errors="raise"`` (default) re-raises the first failure and cancels the rest;
+    ``"return"`` puts the exception in the failed task's place; ``"skip"`` leaves it out.
+    """
+    return _collect("map", fn, SINGLE, items, options)
+
+
+def starmap(
+    fn: Callable[..., T], arg_tuples: Iterable[Iterable[Any]], /, **options: Any
+) -> list[Any]:
+    """``fn(*args)`` for every tuple of arguments; otherwise exactly like :func:`map`."""
+    return _collect("starmap", fn, STAR, arg_tuples, options)
+
+
+def imap(
+    fn: Callable[..., T], items: Iterable[Any], /, *, ordered: bool = True, **options: Any
+) -> ResultIterator:
+    """Lazily ``fn(item)`` for every item: input is pulled only as results are taken.
+
+    With ``ordered=False`` results come in the order tasks end. The returned iterator has
+    a ``report``; breaking out of the loop (or dropping the iterator) cancels the rest.
+    """
+    _check_fn("imap", fn)
+    opts = make_options("imap", options)
+    engine = _engine(fn, SINGLE, items, opts, ordered=ordered)
+    return ResultIterator(engine, opts.errors)
+
+
+def _collect(
+    where: str, fn: Callable[..., Any], mode: int, items: Iterable[Any], options: Mapping[str, Any]
+) -> list[Any]:
+    _check_fn(where, fn)
+    opts = make_options(where, options)
+    engine = _engine(fn, mode, items, opts, ordered=True)
+    out: list[Any] = []
+    for piece in engine.run():
+        _extend(out, piece, opts.errors)
+    return out
+
+
+def _engine(
+    fn: Callable[..., Any] | None,
+    mode: int,
+    items: Iterable[Any],
+    opts: Options,
+    *,
+    ordered: bool,
+    fail_fast: bool | None = None,
+    probe: Callable[..., Any] | None = None,
+) -> Engine:
+    job = Job(fn, mode, _checked_items(items), _length(items))
+    if fail_fast is None:
+        fail_fast = opts.errors == "raise"
+    return Engine(job, opts, plan(opts, probe or fn), ordered=ordered, fail_fast=fail_fast)
+
+
+def _extend(out: list[Any], piece: Piece, errors: str) -> None:
+    failures = piece.failures
+    if not failures:
+        out.extend(piece.values)
+    elif errors == "return":
+        values = list(piece.values)
+        for i, failure in failures.items():
+            values[i] = failure.error
+        out.extend(values)
+    else:  # "skip" ("raise" never gets here: the engine raised first)
+        out.extend(v for i, v in enumerate(piece.values) if i not in failures)
+
+
+def _check_fn(where: str, fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"{where}() needs a callable as its first argument, got {fn!r}")
+
+
+def _checked_items(items: object) -> Iterable[Any]:
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        kind = type(items).__name__
+        raise TypeError(
+            f"items must be an iterable of task inputs (a list, a generator...), got {kind}"
+            + (": wrap a single string in a list" if isinstance(items, str | bytes) else "")
+        )
+    return items
+
+
+def _length(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class ResultIterator(Iterator[Any]):
+    """What :func:`imap` returns: an iterator of results with a live ``report``.
+
+    Iterating it in a ``for`` loop runs at full speed (the loop talks to a generator
+    directly). ``close()``, leaving a ``with`` block, or dropping it cancels what is left.
+    """
+
+    def __init__(self, engine: Engine, errors: str) -> None:
+        self._engine = engine
+        self._values = self._generate(engine, errors)
+
+    @staticmethod
+    def _generate(engine: Engine, errors: str) -> Iterator[Any]:
+        for piece in engine.run():
+            if piece.failures is None:
+                yield from piece.values
+            else:
+                out: list[Any] = []
+                _extend(out, piece, errors)
+                yield from out
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._values
+
+    def __next__(self) -> Any:
+        return next(self._values)
+
+    @property
+    def report(self) -> Report:
+        """Counts so far (final once the iterator is exhausted or closed)."""
+        return self._engine.report
+
+    def close(self) -> None:
+        """Stop the run: cancel what has not ended and release the workers."""
+        self._values.close()  # type: ignore[attr-defined]
+        self._engine.close()
+
+    def __enter__(self) -> ResultIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
+    failures = piece.failures or {}
+    for i, value in enumerate(piece.values):
+        key = keys[piece.seq + i] if keys is not None else piece.seq + i
+        started = piece.started + i * piece.duration
+        failure = failures.get(i)
+        if failure is None:
+            yield Outcome(
+                key, "ok", value, None, None, piece.attempt, started, piece.duration, piece.worker
+            )
+        else:
+            yield Outcome(
+                key,
+                failure.status,
+                None,
+                failure.error,
+                failure.traceback,
+                piece.attempt,
+                started,
+                piece.duration,
+                piece.worker,
+            )
+
+
+class Runner:
+    """Keyed tasks, each with its own function: ``add`` them, then ``run`` once.
+
+    ``run()`` returns :class:`Results` (key -> value or exception). ``results`` and
+    ``report`` stay available afterwards, also after Ctrl+C, holding what had ended.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._options = make_options("Runner", options, exclude=("errors", "key"))
+        self._keys: list[Hashable] = []
+        self._seen: set[Hashable] = set()
+        self._tasks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._engine: Engine | None = None
+        self.results = Results()
+
+    def add(self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Add the task ``fn(*args, **kwargs)`` under ``key``."""
+        if self._engine is not None:
+            raise RuntimeError("this Runner has already run; a Runner is one-shot: make a new one")
+        try:
+            duplicate = key in self._seen
+        except TypeError:
+            raise TypeError(f"task key {key!r} is not hashable; use a str, int or tuple") from None
+        if duplicate:
+            raise ValueError(f"duplicate task key {key!r}: each task needs its own key")
+        _check_fn("Runner.add", fn)
+        self._seen.add(key)
+        self._keys.append(key)
+        self._tasks.append((fn, args, kwargs))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def run(self) -> Results:
+        """Run every task added; return their results by key, in the order added."""
+        if self._engine is not None:
+            raise RuntimeError("this Runner has already run; a Runner is one-shot: make a new one")
+        probe = next(
+            (f for f, _, _ in self._tasks if inspect.iscoroutinefunction(f)),
+            self._tasks[0][0] if self._tasks else None,
+        )
+        self._engine = _engine(
+            None, FULL, self._tasks, self._options, ordered=False, fail_fast=False, probe=probe
+        )
+        try:
+            for piece in self._engine.run():
+                for outcome in _outcomes(piece, self._keys):
+                    self.results._add(outcome)
+        finally:
+            self._finish()
+        return self.results
+
+    def _finish(self) -> None:
+        assert self._engine is not None
+        ended = Results()
+        for key in self._keys:
+            outcome = self.results.outcomes.get(key)
+            if outcome is not None:
+                ended._add(outcome)
+        ended.report = self._engine.report
+        self.results = ended
+
+    @property
+    def report(self) -> Report:
+        """Counts of the run (all zero before ``run``)."""
+        return self._engine.report if self._engine is not None else Report()
+
+
+class Parallelized(Generic[T]):
+    """Iterate ``(kwargs, result, error)`` for ``fn(**kwargs)`` of every item, as tasks end.
+
+    Use it as a context manager; ``pbar`` is the progress bar (a do-nothing object when
+    progress is off), for ``pbar.set_postfix(...)`` or ``pbar.write(...)``. Leaving the
+    block early cancels what has not ended.
+    """
+
+    def __init__(
+        self, fn: Callable[..., T], kwargs_items: Iterable[Mapping[str, Any]], /, **options: Any
+    ) -> None:
+        _check_fn("Parallelized", fn)
+        opts = make_options("Parallelized", options, exclude=("errors",))
+        job_items = _checked_kwargs(_checked_items(kwargs_items))
+        self._engine = Engine(
+            Job(fn, KWARGS, job_items, _length(kwargs_items)), opts, plan(opts, fn), ordered=False
+        )
+        self._iterator: Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]] | None
+        self._iterator = None
+
+    def __enter__(self) -> Parallelized[T]:
+        self._engine.open()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def pbar(self) -> Any:
+        """The tqdm bar of this run (a do-nothing stand-in when progress is off)."""
+        self._engine.open()
+        return self._engine.bar
+
+    @property
+    def report(self) -> Report:
+        return self._engine.report
+
+    def __iter__(self) -> Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]]:
+        if self._iterator is None:
+            self._iterator = self._generate()
+        return self._iterator
+
+    def _generate(self) -> Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]]:
+        for piece in self._engine.run():
+            failures = piece.failures or {}
+            for i, kwargs in enumerate(piece.items):
+                failure = failures.get(i)
+                if failure is None:
+                    yield kwargs, piece.values[i], None
+                else:
+                    yield kwargs, None, failure.error
+
+    def close(self) -> None:
+        """Cancel what has not ended and release the workers."""
+        if self._iterator is not None:
+            self._iterator.close()  # type: ignore[attr-defined]
+        self._engine.close()
+
+
+def _checked_kwargs(items: Iterable[Any]) -> Iterator[Mapping[str, Any]]:
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"Parallelized needs a mapping of keyword arguments per task; item {index} is "
+                f"a {type(item).__name__}: {item!r:.80}"
+            )
+        yield item

@@ -1,0 +1,439 @@
+"""The engine: every policy of a run, written once, for every backend.
+
+It runs in the calling thread. It pulls input only while the window has room, cuts it
+into chunks, hands them to a backend, and turns what comes back into per-task results:
+retries with backoff, per-attempt timeouts, the rate limit, ordering, fail-fast, progress
+and cancellation. It is the only code that touches task state, so nothing here is locked.
+
+It never polls: each step blocks in the backend (or sleeps, if nothing runs) until the
+next thing that can happen: a result, a retry falling due, a deadline, a rate slot, a
+log line.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._chunking import ChunkSizer
+from ._clock import Clock, SystemClock
+from ._errors import TaskTimeout
+from ._options import Options, Plan
+from ._outcome import Report
+from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
+from .backends._base import Backend, Call, Done, Failure, backend_class, describe_failure
+
+__all__ = ["Engine", "Job", "Piece"]
+
+#: most items taken from the input and not yet handed back, when ``window`` is auto
+AUTO_WINDOW_MAX = 65_536
+
+
+@dataclass(slots=True)
+class Job:
+    """What to run: the function, how items become calls, the items, their number."""
+
+    fn: Callable[..., Any] | None
+    mode: int
+    items: Iterable[Any]
+    total: int | None = None
+
+
+@dataclass(slots=True)
+class Span:
+    """Consecutive tasks going to a worker together, on the same attempt number."""
+
+    seq: int
+    items: Sequence[Any]
+    attempt: int = 1
+
+
+@dataclass(slots=True)
+class Piece:
+    """Consecutive tasks that ended: values, and failures by offset (value None there).
+
+    ``started`` (epoch) and ``duration`` (per item) come from the chunk they ran in.
+    """
+
+    seq: int
+    items: Sequence[Any]
+    values: list[Any]
+    failures: dict[int, Failure] | None
+    attempt: int
+    worker: str
+    started: float
+    duration: float
+
+    def cut(self, start: int, stop: int) -> Piece:
+        """The tasks at offsets ``[start, stop)`` as a piece of their own."""
+        failures = None
+        if self.failures:
+            failures = {i - start: f for i, f in self.failures.items() if start <= i < stop}
+        return Piece(
+            self.seq + start,
+            self.items[start:stop],
+            self.values[start:stop],
+            failures or None,
+            self.attempt,
+            self.worker,
+            self.started + start * self.duration,
+            self.duration,
+        )
+
+
+class Engine:
+    """Runs one job. Iterate :meth:`run` for the pieces, in order if ``ordered``.
+
+    With ``fail_fast`` the first task that fails for good (after its retries) stops the
+    run: the rest is cancelled and its exception is raised from :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        options: Options,
+        plan: Plan,
+        *,
+        ordered: bool = True,
+        fail_fast: bool = False,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options, self.plan = options, plan
+        self.clock = clock or SystemClock()
+        self._job = job
+        self._source: Iterator[Any] = iter(job.items)
+        items = job.items
+        self._sequence = items if isinstance(items, list | tuple | range) else None
+        self._ordered, self._fail_fast = ordered, fail_fast
+        self._rng = rng or random.Random()
+        self._backend: Backend = backend_class(plan.backend)(plan.workers, self.clock)
+        self._max_calls = plan.workers * (1 if options.rate else self._backend.calls_per_worker)
+        target = self._backend.chunk_seconds
+        fixed = 1 if options.rate else options.chunksize
+        self._sizer = ChunkSizer(target, plan.workers, fixed)
+        self._interval = 1.0 / options.rate if options.rate else 0.0
+        self._next_start = -math.inf
+        self.tally = Tally()
+        self._ids = itertools.count()
+        self._inflight: dict[int, Span] = {}
+        self._pending: deque[Span] = deque()
+        self._timers: list[tuple[float, int, Span]] = []
+        self._buffer: dict[int, Piece] = {}
+        self._next_out = 0
+        self._out: deque[Piece] = deque()
+        self._emitted = 0
+        self._exhausted = False
+        self._observers: list[Observer] = []
+        self._opened = self._closed = self._complete = False
+        self._t0 = self._t1 = 0.0
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the backend and the observers (idempotent)."""
+        if self._opened:
+            return
+        self._opened = True
+        self._t0 = self.clock.now()
+        self._backend.start(self.options.initializer, self.options.initargs)
+        o = self.options
+        self._observers = make_observers(
+            o.progress, self._job.total, o.desc, o.progress_every, self.clock
+        )
+
+    @property
+    def bar(self) -> Any:
+        """The tqdm bar when there is one, else a :class:`NullBar`."""
+        for observer in self._observers:
+            if isinstance(observer, BarObserver):
+                return observer.bar
+        return NullBar()
+
+    def run(self) -> Iterator[Piece]:
+        """Run the job, yielding pieces of ended tasks; cleans up however it is left."""
+        self.open()
+        try:
+            while True:
+                self._dispatch()
+                if self._out:
+                    while self._out:
+                        piece = self._out.popleft()
+                        self._emitted += len(piece.items)
+                        yield piece
+                    continue  # handing back freed window room: fill it before waiting
+                if self._drained():
+                    break
+                self._step()
+            self._complete = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: cancel what has not ended, release the workers, close the observers."""
+        if self._closed:
+            return
+        self._closed = True
+        self._t1 = self.clock.now()
+        try:
+            if self._opened:
+                self._backend.close(cancel=not self._complete)
+        finally:
+            report = self.report
+            for observer in self._observers:
+                observer.close(report)
+
+    @property
+    def report(self) -> Report:
+        """A snapshot of the counts so far."""
+        t = self.tally
+        ended = t.ok + t.failed
+        end = self._t1 if self._closed else self.clock.now()
+        elapsed = max(0.0, end - self._t0) if self._opened else 0.0
+        return Report(
+            total=t.pulled,
+            ok=t.ok,
+            failed=t.failed,
+            timed_out=t.timed_out,
+            crashed=t.crashed,
+            cancelled=t.pulled - ended if self._closed else 0,
+            retried=t.retried,
+            resumed=t.resumed,
+            elapsed=elapsed,
+        )
+
+    def _drained(self) -> bool:
+        return (
+            self._exhausted
+            and not self._inflight
+            and not self._pending
+            and not self._timers
+            and not self._out
+        )
+
+    # --- intake and dispatch --------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while len(self._inflight) < self._max_calls:
+            if self._interval and self.clock.now() < self._next_start:
+                return
+            span = self._next_span()
+            if span is None:
+                return
+            if self._interval:
+                self._next_start = self.clock.now() + self._interval
+            self._send(span)
+
+    def _next_span(self) -> Span | None:
+        if self._pending:
+            return self._pending.popleft()
+        if self._exhausted:
+            return None
+        room = self._window() - (self.tally.pulled - self._emitted)
+        if room <= 0:
+            return None
+        size = min(self._sizer.size(self._remaining()), room, self._chunk_cap())
+        items = self._take(size)
+        if len(items) < size:
+            self._exhausted = True
+        if not items:
+            return None
+        span = Span(self.tally.pulled, items)
+        self.tally.pulled += len(items)
+        return span
+
+    def _take(self, size: int) -> Sequence[Any]:
+        if self._sequence is not None:
+            # Slicing a list is a copy of pointers; slicing a range creates nothing.
+            start = self.tally.pulled
+            return self._sequence[start : start + size]
+        return list(itertools.islice(self._source, size))
+
+    def _remaining(self) -> int | None:
+        total = self._job.total
+        return None if total is None else max(0, total - self.tally.pulled)
+
+    def _window(self) -> int:
+        if self.options.window is not None:
+            return self.options.window
+        wanted = 2 * self._max_calls * self._sizer.size()
+        return max(4 * self.plan.workers, min(wanted, AUTO_WINDOW_MAX))
+
+    def _chunk_cap(self) -> int:
+        # Enough chunks for every worker to hold some, within the window.
+        return max(1, self._window() // self._max_calls)
+
+    def _send(self, span: Span) -> None:
+        call = Call(
+            next(self._ids),
+            self._job.fn,
+            self._job.mode,
+            span.items,
+            self.options.timeout is not None,
+        )
+        self._inflight[call.id] = span
+        if span.attempt > 1:
+            self.tally.retried += 1
+        self._backend.submit(call)
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        timeout = self._wake_in()
+        if self._inflight:
+            done = self._backend.wait(timeout)
+        else:
+            if timeout is None:
+                raise RuntimeError("taskfan engine: nothing to wait for (this is a bug)")
+            self.clock.sleep(timeout)
+            done = []
+        for d in done:
+            self._finish(d)
+        now = self.clock.now()
+        while self._timers and self._timers[0][0] <= now:
+            self._pending.append(heapq.heappop(self._timers)[2])
+        self._expire(now)
+        for observer in self._observers:
+            due = observer.next_tick()
+            if due is not None and due <= now:
+                observer.tick(now, self.tally)
+
+    def _wake_in(self) -> float | None:
+        now = self.clock.now()
+        wake = math.inf
+        if self._timers:
+            wake = self._timers[0][0]
+        if self._interval and len(self._inflight) < self._max_calls and self._has_work():
+            wake = min(wake, self._next_start)
+        if self.options.timeout is not None and self._inflight:
+            wake = min(wake, self._next_deadline(now, self.options.timeout))
+        for observer in self._observers:
+            due = observer.next_tick()
+            if due is not None:
+                wake = min(wake, due)
+        return None if wake == math.inf else max(0.0, wake - now)
+
+    def _has_work(self) -> bool:
+        return bool(self._pending) or not self._exhausted
+
+    def _next_deadline(self, now: float, timeout: float) -> float:
+        # An item that starts after this moment cannot expire before now + timeout.
+        running = self._backend.running()
+        return min([started + timeout for _, _, started in running], default=now + timeout)
+
+    def _expire(self, now: float) -> None:
+        timeout = self.options.timeout
+        if timeout is None or not self._inflight:
+            return
+        for call_id, index, started in self._backend.running():
+            if now - started >= timeout and call_id in self._inflight:
+                failure = describe_failure(TaskTimeout(timeout), "", "timeout")
+                self._backend.stop(call_id, index, failure)
+
+    # --- results --------------------------------------------------------------------------
+
+    def _finish(self, done: Done) -> None:
+        span = self._inflight.pop(done.call_id)
+        n, m = len(span.items), len(done.values)
+        if m:
+            self._sizer.observe(m, done.elapsed)
+        per_item = done.elapsed / m if m else done.elapsed
+        if m:
+            items = span.items if m == n else span.items[:m]
+            self._settle(
+                Piece(
+                    span.seq,
+                    items,
+                    done.values,
+                    done.errors,
+                    span.attempt,
+                    done.worker,
+                    done.started,
+                    per_item,
+                )
+            )
+        skip = -1
+        if done.stopped is not None:
+            skip, failure = done.stopped
+            self._settle(
+                Piece(
+                    span.seq + skip,
+                    [span.items[skip]],
+                    [None],
+                    {0: failure},
+                    span.attempt,
+                    done.worker,
+                    done.started,
+                    per_item,
+                )
+            )
+        self._requeue(span, m, skip)
+
+    def _requeue(self, span: Span, start: int, skip: int) -> None:
+        """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
+        n = len(span.items)
+        runs = [(start, skip), (skip + 1, n)] if start <= skip < n else [(start, n)]
+        for a, b in reversed(runs):
+            if a < b:
+                self._pending.appendleft(Span(span.seq + a, span.items[a:b], span.attempt))
+
+    def _settle(self, piece: Piece) -> None:
+        failures = piece.failures
+        tally = self.tally
+        if not failures:
+            tally.ok += len(piece.values)
+            self._emit(piece, len(piece.values))
+            return
+        retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
+        for i in retry:
+            self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
+        final = [f for i, f in failures.items() if i not in retry]
+        tally.ok += len(piece.values) - len(failures)
+        tally.failed += len(final)
+        tally.timed_out += sum(f.status == "timeout" for f in final)
+        tally.crashed += sum(f.status == "crashed" for f in final)
+        if final and self._fail_fast:
+            raise final[0].error
+        ended = len(piece.values) - len(retry)
+        start = 0
+        for hole in [*retry, len(piece.values)]:
+            if hole > start:
+                self._emit(piece.cut(start, hole), 0)
+            start = hole + 1
+        for observer in self._observers:
+            observer.update(ended, tally)
+
+    def _emit(self, piece: Piece, finished: int) -> None:
+        if finished:
+            for observer in self._observers:
+                observer.update(finished, self.tally)
+        if not self._ordered:
+            self._out.append(piece)
+            return
+        self._buffer[piece.seq] = piece
+        while self._next_out in self._buffer:
+            ready = self._buffer.pop(self._next_out)
+            self._out.append(ready)
+            self._next_out += len(ready.items)
+
+    def _retryable(self, failure: Failure, attempt: int) -> bool:
+        if attempt > self.options.retries:
+            return False
+        if failure.status in ("timeout", "crashed"):
+            return True
+        return isinstance(failure.error, self.options.retry_on)
+
+    def _schedule_retry(self, span: Span) -> None:
+        o = self.options
+        cap = min(o.backoff_max, o.backoff * 2.0 ** (span.attempt - 2))
+        delay = self._rng.uniform(0.0, cap) if cap > 0 else 0.0
+        if delay <= 0:
+            self._pending.append(span)
+        else:
+            heapq.heappush(self._timers, (self.clock.now() + delay, next(self._ids), span))

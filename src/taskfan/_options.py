@@ -1,0 +1,320 @@
+"""Options: every keyword option of every entry point, validated once into a frozen value.
+
+Each check names the option and what it accepts, so a typo fails before any task runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+__all__ = ["BACKENDS", "Options", "Plan", "cpu_count", "make_options", "parse_rate", "plan"]
+
+BACKENDS = ("auto", "serial", "thread", "process", "async", "dask")
+_ERRORS = ("raise", "return", "skip")
+_RERUN = ("failed", "missing", "all")
+_RATE_UNITS = {
+    "s": 1.0, "sec": 1.0, "second": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+}  # fmt: skip
+_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+?)s?\s*$")
+
+ProgressMode = bool | None | Literal["log"]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The validated options of one call. Build it with :func:`make_options`."""
+
+    workers: int | None = None
+    backend: str = "auto"
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.5
+    backoff_max: float = 60.0
+    timeout: float | None = None
+    rate: float | None = None
+    progress: ProgressMode = None
+    progress_every: float = 5.0
+    desc: str | None = None
+    errors: str = "raise"
+    chunksize: int | None = None
+    window: int | None = None
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_worker: int | None = None
+    journal: str | None = None
+    rerun: str = "failed"
+    key: Callable[[Any], Any] | None = None
+    address: Any = None
+
+
+_NAMES = tuple(f.name for f in fields(Options))
+
+
+def make_options(where: str, given: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> Options:
+    """Validate ``given`` keyword options for the entry point ``where``.
+
+    ``exclude`` lists option names that do not apply to this entry point; passing one
+    is an error that says why, rather than being silently ignored.
+    """
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in exclude:
+            raise TypeError(f"{where}() does not take the option {name}=: {_EXCLUDED_WHY[name]}")
+        check = _CHECKS.get(name)
+        if check is None:
+            raise TypeError(_unknown(where, name))
+        values[name] = check(value)
+    options = Options(**values)
+    _check_combination(options)
+    return options
+
+
+def _unknown(where: str, name: str) -> str:
+    close = difflib.get_close_matches(name, _NAMES, n=1)
+    hint = f"; did you mean {close[0]}=?" if close else f"; the options are: {', '.join(_NAMES)}"
+    return f"{where}() got an unknown option {name}={hint}"
+
+
+_EXCLUDED_WHY = {
+    "errors": "failures are returned with the results; call .raise_for_errors() to raise them",
+    "key": "keys are given with each task",
+}
+
+
+# --- single-option checks ---------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _int_at_least(name: str, low: int, *, optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if not _is_int(value) or value < low:
+            none = " or None" if optional else ""
+            raise ValueError(f"{name} must be an integer >= {low}{none}, got {value!r}")
+        return value
+
+    return check
+
+
+def _seconds(name: str, *, optional: bool, zero_ok: bool) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        bad = not _is_number(value) or value < 0 or value == float("inf")
+        if bad or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            none = " or None" if optional else ""
+            raise ValueError(f"{name} must be a number of seconds {bound}{none}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            accepted = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"{name} must be one of {accepted}; got {value!r}")
+        return value
+
+    return check
+
+
+def _check_retry_on(value: Any) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ValueError(
+            f"retry_on must be an exception type or a tuple of them (like ConnectionError or "
+            f"(TimeoutError, OSError)), got {value!r}"
+        )
+    return types
+
+
+def parse_rate(value: Any) -> float | None:
+    """Task starts per second from a number or a string like ``"10/s"``, ``"600/min"``."""
+    if value is None:
+        return None
+    if _is_number(value) and 0 < value < float("inf"):
+        return float(value)
+    if isinstance(value, str):
+        match = _RATE_RE.match(value.lower())
+        if match and match.group(2) in _RATE_UNITS and float(match.group(1)) > 0:
+            return float(match.group(1)) / _RATE_UNITS[match.group(2)]
+    raise ValueError(
+        f"rate must be a positive number of task starts per second or a string "
+        f"'N/s', 'N/min' or 'N/h' (like '120/min'); got {value!r}"
+    )
+
+
+def _check_progress(value: Any) -> ProgressMode:
+    if value is None or isinstance(value, bool) or value == "log":
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"progress must be None, True, False or 'log'; got {value!r}")
+
+
+def _check_desc(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"desc must be a string or None, got {value!r}")
+
+
+def _check_chunksize(value: Any) -> int | None:
+    if value == "auto" or value is None:
+        return None
+    if _is_int(value) and value >= 1:
+        return int(value)
+    raise ValueError(f"chunksize must be 'auto' or an integer >= 1, got {value!r}")
+
+
+def _check_window(value: Any) -> int | None:
+    if value == "auto" or value is None:
+        return None
+    if _is_int(value) and value >= 1:
+        return int(value)
+    raise ValueError(f"window must be 'auto' or an integer >= 1, got {value!r}")
+
+
+def _check_callable(name: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is not None and not callable(value):
+            raise ValueError(f"{name} must be a callable or None, got {value!r}")
+        return value
+
+    return check
+
+
+def _check_initargs(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, tuple | list):
+        return tuple(value)
+    raise ValueError(f"initargs must be a tuple of arguments for initializer, got {value!r}")
+
+
+def _check_journal(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        raise NotImplementedError(
+            "journal= is not available in this version of taskfan yet; "
+            "run without it (results are still returned)"
+        )
+    raise ValueError(f"journal must be a file path or None, got {value!r}")
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "workers": _int_at_least("workers", 1, optional=True),
+    "backend": _choice("backend", BACKENDS),
+    "retries": _int_at_least("retries", 0),
+    "retry_on": _check_retry_on,
+    "backoff": _seconds("backoff", optional=False, zero_ok=True),
+    "backoff_max": _seconds("backoff_max", optional=False, zero_ok=True),
+    "timeout": _seconds("timeout", optional=True, zero_ok=False),
+    "rate": parse_rate,
+    "progress": _check_progress,
+    "progress_every": _seconds("progress_every", optional=False, zero_ok=False),
+    "desc": _check_desc,
+    "errors": _choice("errors", _ERRORS),
+    "chunksize": _check_chunksize,
+    "window": _check_window,
+    "initializer": _check_callable("initializer"),
+    "initargs": _check_initargs,
+    "max_tasks_per_worker": _int_at_least("max_tasks_per_worker", 1, optional=True),
+    "journal": _check_journal,
+    "rerun": _choice("rerun", _RERUN),
+    "key": _check_callable("key"),
+    "address": lambda value: value,
+}
+
+
+def _check_combination(options: Options) -> None:
+    if options.backend == "serial" and options.workers not in (None, 1):
+        raise ValueError(
+            f"backend='serial' runs one task at a time in the calling thread; "
+            f"workers={options.workers} needs backend='thread' or 'process'"
+        )
+    if options.backend == "serial" and options.timeout is not None:
+        raise ValueError(
+            "timeout= cannot stop a task running inline with backend='serial'; "
+            "use backend='thread' or backend='process'"
+        )
+    if options.max_tasks_per_worker is not None and options.backend != "process":
+        raise ValueError(
+            f"max_tasks_per_worker= replaces worker processes and needs backend='process', "
+            f"not backend={options.backend!r}"
+        )
+    if options.initargs and options.initializer is None:
+        raise ValueError("initargs= was given without initializer=")
+    if options.address is not None and options.backend != "dask":
+        raise ValueError("address= is the dask scheduler and needs backend='dask'")
+
+
+# --- turning options into a plan --------------------------------------------------------
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The backend a call runs on and how many tasks run at once."""
+
+    backend: str
+    workers: int
+
+
+def plan(options: Options, fn: Callable[..., object] | None) -> Plan:
+    """Choose the backend and worker count for ``options`` and the task function."""
+    name = options.backend
+    if name == "auto":
+        name = _auto_backend(options, fn)
+    if name in ("async", "dask"):
+        raise NotImplementedError(
+            f"backend={name!r} is not available in this version of taskfan yet; "
+            "use backend='thread' or backend='process'"
+        )
+    if name == "thread" and options.workers == 1 and options.timeout is None:
+        name = "serial"  # one thread buys nothing over running inline (SPEC section 1)
+    workers = options.workers if options.workers is not None else _default_workers(name)
+    return Plan(name, workers)
+
+
+def _auto_backend(options: Options, fn: Callable[..., object] | None) -> str:
+    if fn is not None and inspect.iscoroutinefunction(fn):
+        return "async"
+    if options.workers == 1 and options.timeout is None:
+        return "serial"
+    return "thread"
+
+
+def _default_workers(backend: str) -> int:
+    if backend == "serial":
+        return 1
+    if backend == "process":
+        return cpu_count()
+    return min(32, cpu_count() + 4)
+
+
+def with_defaults(options: Options, **changes: Any) -> Options:
+    """A copy of ``options`` with ``changes`` applied (for fronts that fix an option)."""
+    return replace(options, **changes)

@@ -1,0 +1,246 @@
+"""The narrow interface between the engine and the code that executes tasks.
+
+The engine sends :class:`Call` objects (a chunk of items of one or more tasks) and gets
+:class:`Done` objects back. A backend only executes: it knows nothing of keys, retries,
+ordering or progress. Each item of a chunk still ends on its own: the chunk runner
+captures an exception per item and carries on with the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .._clock import Clock
+from .._errors import TaskTraceback
+from .._outcome import Status
+
+__all__ = [
+    "FULL",
+    "KWARGS",
+    "SINGLE",
+    "STAR",
+    "Backend",
+    "Call",
+    "Done",
+    "Failure",
+    "Mark",
+    "describe_failure",
+    "run_items",
+]
+
+# How an item becomes a call of the task function.
+SINGLE = 0  # fn(item)
+STAR = 1  # fn(*item)
+KWARGS = 2  # fn(**item)
+FULL = 3  # item is (fn, args, kwargs)
+
+
+@dataclass(slots=True)
+class Call:
+    """One message to a worker: a chunk of items, each its own task.
+
+    ``timed`` asks the worker to publish which item it is running and since when, so
+    the engine can stop exactly that item when its timeout passes.
+    """
+
+    id: int
+    fn: Callable[..., Any] | None
+    mode: int
+    items: Sequence[Any]
+    timed: bool = False
+
+
+@dataclass(slots=True)
+class Failure:
+    """How one item's attempt failed: the exception, the worker's traceback, the kind."""
+
+    error: BaseException
+    traceback: str
+    status: Status = "failed"
+
+
+@dataclass(slots=True)
+class Done:
+    """What came back of one :class:`Call`.
+
+    Items ``[0, len(values))`` ran: each has its value, or an entry in ``errors`` (its
+    place in ``values`` then holds None). ``stopped`` is an item whose attempt was ended
+    from outside (a timeout, a crashed worker). Every other item, after ``values``, did
+    not run to the end and goes back to the queue without counting an attempt.
+    """
+
+    call_id: int
+    values: list[Any]
+    errors: dict[int, Failure] | None = None
+    stopped: tuple[int, Failure] | None = None
+    worker: str = ""
+    started: float = 0.0
+    elapsed: float = 0.0
+
+
+Mark = Callable[[int], bool]
+"""Called with an item's index just before it runs; returning False abandons the chunk."""
+
+
+def describe_failure(error: BaseException, tb_text: str, status: Status = "failed") -> Failure:
+    """Record ``error`` with its worker traceback, attached as ``__cause__`` (SPEC 3)."""
+    error.__cause__ = TaskTraceback(tb_text)
+    return Failure(error, tb_text, status)
+
+
+def capture(error: BaseException) -> Failure:
+    """A Failure for an exception raised by a task in this process."""
+    tb = error.__traceback__
+    # The first frames are the chunk runner's own loops: the user does not need them.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(error), error, tb))
+    return describe_failure(error, text)
+
+
+def run_items(
+    call: Call,
+    out: list[Any],
+    errors: dict[int, Failure],
+    mark: Mark | None = None,
+    catch: type[BaseException] = Exception,
+) -> bool:
+    """Run the items of ``call``, appending each value to ``out``.
+
+    An exception fails only its own item (recorded in ``errors``, None in ``out``) and
+    the loop goes on with the next. The loops below are the hot path of tiny tasks: the
+    unmarked one costs no more per item than a plain ``for`` loop. Returns False if
+    ``mark`` abandoned the chunk. ``catch`` is what counts as a task's own failure:
+    inline, Ctrl+C and ``sys.exit`` must propagate; in a worker, nothing may escape.
+    """
+    it = iter(call.items)
+    fn = call.fn
+    while True:
+        try:
+            if mark is not None:
+                return _marked_loop(call.mode, fn, it, out, mark)
+            _fast_loop(call.mode, fn, it, out)
+            return True
+        except catch as error:  # a task's exception is its result
+            errors[len(out)] = capture(error)
+            out.append(None)
+
+
+def _fast_loop(mode: int, fn: Callable[..., Any] | None, it: Iterator[Any], out: list[Any]) -> None:
+    # list.extend keeps what it appended when the iterator raises, and ``it`` is shared,
+    # so after an exception len(out) is the failing item and the loop resumes after it.
+    if mode == SINGLE:
+        out.extend(map(fn, it))  # type: ignore[arg-type]
+    elif mode == STAR:
+        out.extend(itertools.starmap(fn, it))  # type: ignore[arg-type]
+    elif mode == KWARGS:
+        assert fn is not None
+        out.extend(fn(**item) for item in it)
+    else:
+        out.extend(f(*args, **kwargs) for f, args, kwargs in it)
+
+
+def _marked_loop(
+    mode: int, fn: Callable[..., Any] | None, it: Iterator[Any], out: list[Any], mark: Mark
+) -> bool:
+    append = out.append
+    for item in it:
+        if not mark(len(out)):
+            return False
+        append(_call_one(mode, fn, item))
+    return True
+
+
+def _call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
+    if mode == SINGLE:
+        return fn(item)  # type: ignore[misc]
+    if mode == STAR:
+        return fn(*item)  # type: ignore[misc]
+    if mode == KWARGS:
+        return fn(**item)  # type: ignore[misc]
+    f, args, kwargs = item
+    return f(*args, **kwargs)
+
+
+def run_call(call: Call, worker: str, catch: type[BaseException] = Exception) -> Done:
+    """Run a whole call in this thread, timing it."""
+    out: list[Any] = []
+    errors: dict[int, Failure] = {}
+    started = time.time()
+    t0 = time.perf_counter()
+    run_items(call, out, errors, None, catch)
+    return Done(call.id, out, errors or None, None, worker, started, time.perf_counter() - t0)
+
+
+class Backend(ABC):
+    """Executes calls. Policy (retries, timeouts, order, progress) lives in the engine.
+
+    The engine drives a backend from one thread: :meth:`submit` never blocks for long,
+    :meth:`wait` blocks until some call finished or the timeout passed (and must be
+    interruptible by Ctrl+C), :meth:`close` releases every worker.
+    """
+
+    name: ClassVar[str]
+    #: seconds of work one call should carry: enough to hide the cost of a message
+    chunk_seconds: ClassVar[float] = 0.002
+    #: calls in flight per worker: more than one lets a worker start the next call
+    #: without waiting for the engine to hand it over
+    calls_per_worker: ClassVar[int] = 2
+
+    def __init__(self, workers: int, clock: Clock) -> None:
+        self.workers = workers
+        self.clock = clock
+
+    def start(  # noqa: B027 - optional hook: a backend with nothing to prepare skips it
+        self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+    ) -> None:
+        """Prepare to run calls; ``initializer(*initargs)`` runs once in each worker."""
+
+    @abstractmethod
+    def submit(self, call: Call) -> None:
+        """Hand over a call; it comes back through :meth:`wait`."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None) -> list[Done]:
+        """Calls finished since the last wait; blocks up to ``timeout`` for the first."""
+
+    def running(self) -> list[tuple[int, int, float]]:
+        """``(call id, item index, started)`` of timed calls now running (clock time)."""
+        return []
+
+    def stop(self, call_id: int, index: int, failure: Failure) -> bool:
+        """End the attempt of item ``index`` of a running call with ``failure``.
+
+        Its :class:`Done` comes through :meth:`wait` with ``stopped`` set. Returns False
+        when that item is no longer running (it finished in the meantime).
+        """
+        return False
+
+    @abstractmethod
+    def close(self, cancel: bool) -> None:
+        """Release the workers; with ``cancel``, drop queued calls and stop running ones
+        where possible (a thread cannot be stopped: it is abandoned)."""
+
+
+_REGISTRY = {
+    "serial": ("taskfan.backends._serial", "SerialBackend"),
+    "thread": ("taskfan.backends._thread", "ThreadBackend"),
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``, imported only when first asked for."""
+    import importlib
+
+    try:
+        module_name, class_name = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"no backend named {name!r}; available: {', '.join(_REGISTRY)}") from None
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls

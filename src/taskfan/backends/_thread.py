@@ -1,0 +1,216 @@
+"""The thread backend: daemon worker threads fed from one queue.
+
+Threads start on demand (a call of three items never starts 32 threads). Each pulls
+whole calls from a shared queue, so a worker that finishes takes the next call at once,
+without a round trip through the engine; the engine keeps a few calls queued ahead.
+
+A thread cannot be stopped. When an item times out its thread is abandoned (it finishes
+the item in the background and then exits, its result discarded) and a fresh thread
+takes its place. Worker threads are daemons, so the interpreter never waits for them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from .._clock import Clock
+from ._base import Backend, Call, Done, Failure, capture, run_call, run_items
+
+__all__ = ["ThreadBackend"]
+
+
+class _Slot:
+    """What one worker thread is running, shared with the engine for timeouts.
+
+    ``lock`` makes "start the next item" and "abandon this thread" exclusive, so an item
+    ends exactly once: reported by the worker, or stopped by the engine.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "call",
+        "errors",
+        "index",
+        "lock",
+        "name",
+        "out",
+        "started",
+        "t0",
+        "thread",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.lock = threading.Lock()
+        self.name = name
+        self.call: Call | None = None
+        self.out: list[Any] = []
+        self.errors: dict[int, Failure] = {}
+        self.index = -1
+        self.started = 0.0
+        self.t0 = 0.0
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+
+class ThreadBackend(Backend):
+    """Worker threads in this process."""
+
+    name = "thread"
+    chunk_seconds = 0.002
+    calls_per_worker = 2
+
+    def __init__(self, workers: int, clock: Clock) -> None:
+        super().__init__(workers, clock)
+        self._inbox: SimpleQueue[Call | None] = SimpleQueue()
+        self._outbox: SimpleQueue[Done] = SimpleQueue()
+        self._slots: list[_Slot] = []  # one per live thread; abandoned ones leave it
+        self._outstanding = 0
+        self._closing = False
+        self._numbers = itertools.count(1)
+        self._initializer: Callable[..., object] | None = None
+        self._initargs: tuple[Any, ...] = ()
+
+    def start(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+        self._initializer, self._initargs = initializer, initargs
+
+    def submit(self, call: Call) -> None:
+        self._outstanding += 1
+        if len(self._slots) < min(self.workers, self._outstanding):
+            self._spawn()
+        self._inbox.put(call)
+
+    def wait(self, timeout: float | None) -> list[Done]:
+        try:
+            if timeout is not None and timeout <= 0:
+                first = self._outbox.get_nowait()
+            else:
+                first = self._outbox.get(timeout=timeout)
+        except Empty:
+            return []
+        done = [first]
+        while True:
+            try:
+                done.append(self._outbox.get_nowait())
+            except Empty:
+                break
+        self._outstanding -= len(done)
+        return done
+
+    def running(self) -> list[tuple[int, int, float]]:
+        found = []
+        for slot in self._slots:
+            call, index = slot.call, slot.index
+            if call is not None and index >= 0:
+                found.append((call.id, index, slot.started))
+        return found
+
+    def stop(self, call_id: int, index: int, failure: Failure) -> bool:
+        for slot in self._slots:
+            done = self._abandon(slot, call_id, index, failure)
+            if done is not None:
+                self._slots.remove(slot)
+                self._outbox.put(done)
+                if len(self._slots) < min(self.workers, self._outstanding):
+                    self._spawn()
+                return True
+        return False
+
+    def close(self, cancel: bool) -> None:
+        if cancel:
+            self._closing = True
+            while True:
+                try:
+                    self._inbox.get_nowait()
+                except Empty:
+                    break
+        for _ in self._slots:
+            self._inbox.put(None)
+        if not cancel:
+            # Every call has come back, so each thread is idle and exits at once.
+            for slot in self._slots:
+                assert slot.thread is not None
+                slot.thread.join(timeout=5.0)
+        self._slots = []
+
+    # --- worker side --------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        number = next(self._numbers)
+        slot = _Slot(f"thread-{number}")
+        slot.thread = threading.Thread(
+            target=self._work, args=(slot,), name=f"taskfan-{slot.name}", daemon=True
+        )
+        self._slots.append(slot)
+        slot.thread.start()
+
+    def _work(self, slot: _Slot) -> None:
+        broken = self._initialize()
+        inbox, outbox = self._inbox, self._outbox
+        while True:
+            call = inbox.get()
+            if call is None or self._closing:
+                return
+            if broken is not None:
+                done: Done | None = _fail_all(call, broken, slot.name)
+            elif call.timed:
+                done = self._run_timed(call, slot)
+            else:
+                done = run_call(call, slot.name, catch=BaseException)
+            if done is None or self._closing:
+                return  # abandoned by a timeout, or the run was cancelled
+            outbox.put(done)
+
+    def _initialize(self) -> Failure | None:
+        if self._initializer is None:
+            return None
+        try:
+            self._initializer(*self._initargs)
+        except BaseException as error:  # reported on every task instead
+            return capture(error)
+        return None
+
+    def _run_timed(self, call: Call, slot: _Slot) -> Done | None:
+        now = self.clock.now
+        lock = slot.lock
+        with lock:
+            slot.call, slot.out, slot.errors, slot.index = call, [], {}, -1
+            slot.t0 = time.perf_counter()
+        started = time.time()
+
+        def mark(index: int) -> bool:
+            with lock:
+                if slot.abandoned:
+                    return False
+                slot.index, slot.started = index, now()
+            return True
+
+        finished = run_items(call, slot.out, slot.errors, mark, catch=BaseException)
+        with lock:
+            if slot.abandoned or not finished:
+                return None
+            slot.call, slot.index = None, -1
+            elapsed = time.perf_counter() - slot.t0
+            return Done(call.id, slot.out, slot.errors or None, None, slot.name, started, elapsed)
+
+    @staticmethod
+    def _abandon(slot: _Slot, call_id: int, index: int, failure: Failure) -> Done | None:
+        with slot.lock:
+            call = slot.call
+            if slot.abandoned or call is None or call.id != call_id or slot.index != index:
+                return None
+            slot.abandoned = True
+            values = slot.out[:index]
+            errors = {i: f for i, f in dict(slot.errors).items() if i < index}
+            elapsed = time.perf_counter() - slot.t0
+        return Done(call_id, values, errors or None, (index, failure), slot.name, 0.0, elapsed)
+
+
+def _fail_all(call: Call, failure: Failure, worker: str) -> Done:
+    """The worker's initializer failed: every item it is given fails with that error."""
+    errors = dict.fromkeys(range(len(call.items)), failure)
+    return Done(call.id, [None] * len(call.items), errors, None, worker, time.time(), 0.0)

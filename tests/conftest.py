@@ -1,0 +1,137 @@
+"""Shared fixtures: every behaviour test runs once per backend through ``backend``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+BACKENDS = ["serial", "thread"]
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def opts(backend: str) -> dict[str, Any]:
+    """Options that run a call on ``backend`` with several workers where it has them."""
+    workers = 1 if backend == "serial" else 4
+    return {"backend": backend, "workers": workers, "progress": False}
+
+
+@pytest.fixture
+def parallel(backend: str) -> bool:
+    """True when tasks of the backend under test can run at the same time."""
+    return backend != "serial"
+
+
+class Gates:
+    """Events for tasks to wait on; every one is released when the test ends.
+
+    Tasks that must not end until the test says so wait on a gate (with a bound, so a
+    broken test fails instead of hanging); nothing is left blocked afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[threading.Event] = []
+
+    def new(self) -> threading.Event:
+        event = threading.Event()
+        self._events.append(event)
+        return event
+
+    def release_all(self) -> None:
+        for event in self._events:
+            event.set()
+
+
+@pytest.fixture
+def gates() -> Iterator[Gates]:
+    g = Gates()
+    yield g
+    g.release_all()
+
+
+def _taskfan_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("taskfan")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(gates: Gates) -> Iterator[None]:
+    """After each test: no taskfan thread and no child process may be left alive."""
+    before = set(_taskfan_threads())
+    yield
+    gates.release_all()
+    deadline = time.monotonic() + 10
+    for thread in _taskfan_threads():
+        if thread not in before:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in _taskfan_threads() if t not in before and t.is_alive()]
+    assert not left, f"threads left behind: {left}"
+    children = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+    assert not alive, f"child processes left behind: {[p.pid for p in alive]}"
+
+
+def run_script(code: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh interpreter in its own session, SIGINT at its default.
+
+    A shell may start us with SIGINT ignored; children inherit that, and Python then
+    installs no KeyboardInterrupt handler, so the child resets it first.
+    """
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - only async-signal-safe work in it
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def read_until(
+    proc: subprocess.Popen[str], predicate: Callable[[str], bool], timeout: float = 20.0
+) -> list[str]:
+    """Lines of ``proc``'s stdout up to the first one that satisfies ``predicate``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if predicate(line):
+                found.set()
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    if not found.wait(timeout):
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(
+            f"child never printed the expected line; stdout={lines} stderr={err[-2000:]}"
+        )
+    return lines

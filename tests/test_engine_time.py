@@ -1,0 +1,117 @@
+"""Retry, backoff, rate and log timing, checked exactly in virtual time (a MockClock)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from taskfan._clock import MockClock
+from taskfan._engine import Engine, Job
+from taskfan._options import make_options, plan
+from taskfan.backends._base import SINGLE
+
+
+def run(fn: Any, items: list[Any], clock: MockClock, seed: int = 7, **options: Any) -> Engine:
+    opts = make_options("test", {"backend": "serial", "progress": False, **options})
+    engine = Engine(
+        Job(fn, SINGLE, items, len(items)),
+        opts,
+        plan(opts, fn),
+        clock=clock,
+        rng=random.Random(seed),
+    )
+    for _ in engine.run():
+        pass
+    return engine
+
+
+class Flaky:
+    """Fails the first ``failures`` attempts of each item, recording when each started."""
+
+    def __init__(self, clock: MockClock, failures: int, error: type[Exception] = OSError):
+        self.clock, self.failures, self.error = clock, failures, error
+        self.starts: dict[Any, list[float]] = {}
+
+    def __call__(self, item: Any) -> Any:
+        starts = self.starts.setdefault(item, [])
+        starts.append(self.clock.now())
+        if len(starts) <= self.failures:
+            raise self.error(f"attempt {len(starts)} of {item}")
+        return item
+
+
+def test_backoff_doubles_with_full_jitter_capped_by_backoff_max() -> None:
+    clock = MockClock()
+    task = Flaky(clock, failures=5)
+    engine = run(task, ["a"], clock, retries=5, backoff=1.0, backoff_max=6.0)
+    starts = task.starts["a"]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    caps = [1.0, 2.0, 4.0, 6.0, 6.0]
+    rng = random.Random(7)
+    assert gaps == pytest.approx([rng.uniform(0, cap) for cap in caps])
+    assert all(0 <= gap <= cap for gap, cap in zip(gaps, caps, strict=True))
+    assert engine.report.ok == 1 and engine.report.retried == 5
+
+
+def test_retries_exhausted_fail_with_the_last_error() -> None:
+    clock = MockClock()
+    task = Flaky(clock, failures=10)
+    opts = make_options(
+        "test", {"backend": "serial", "progress": False, "retries": 2, "backoff": 0}
+    )
+    engine = Engine(Job(task, SINGLE, ["x"], 1), opts, plan(opts, task), clock=clock)
+    pieces = list(engine.run())
+    [piece] = pieces
+    assert piece.attempt == 3
+    assert piece.failures is not None and str(piece.failures[0].error) == "attempt 3 of x"
+    assert (engine.report.failed, engine.report.retried) == (1, 2)
+    assert clock.sleeps == []  # backoff=0 retries at once
+
+
+def test_retry_on_limits_which_errors_are_retried() -> None:
+    clock = MockClock()
+    task = Flaky(clock, failures=1, error=KeyError)
+    engine = run(task, ["k"], clock, retries=3, retry_on=(OSError,), errors="return")
+    assert len(task.starts["k"]) == 1 and engine.report.failed == 1
+
+
+def test_rate_spaces_task_starts_evenly_without_burst() -> None:
+    clock = MockClock()
+    starts: list[float] = []
+
+    def task(item: int) -> int:
+        starts.append(clock.now())
+        return item
+
+    run(task, list(range(6)), clock, rate="120/min")
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == pytest.approx([0.5] * 5)
+
+
+def test_retries_wait_while_other_items_keep_running() -> None:
+    clock = MockClock()
+    task = Flaky(clock, failures=1)
+    t0 = clock.now()
+    engine = run(task, ["a", "b", "c"], clock, retries=1, backoff=10.0, chunksize=1)
+    # b and c ran at once; only the retries waited for their backoff.
+    assert task.starts["b"][0] == task.starts["c"][0] == t0
+    assert engine.report.ok == 3 and engine.report.retried == 3
+
+
+def test_log_progress_emits_a_line_per_period(caplog: pytest.LogCaptureFixture) -> None:
+    clock = MockClock()
+
+    def slow(item: int) -> int:
+        clock.advance(1.0)
+        return item
+
+    with caplog.at_level(logging.INFO, logger="taskfan"):
+        run(slow, list(range(12)), clock, progress="log", progress_every=5, desc="job", chunksize=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "taskfan"]
+    assert any(line.startswith("job: ") and "/12 done" in line for line in lines)
+    assert lines[-1].startswith("job: 12 tasks: 12 ok")
+    assert 2 <= len(lines) - 1 <= 3  # about one line per 5 s of a 12 s run

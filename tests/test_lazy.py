@@ -1,0 +1,82 @@
+"""Input is pulled only as capacity frees: endless generators work, memory stays bounded."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import taskfan
+
+
+class Counted:
+    """An endless input that counts how many items were pulled from it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count():
+            self.pulled = i + 1
+            yield i
+
+
+def test_imap_over_an_endless_generator(opts: dict[str, Any]) -> None:
+    source = Counted()
+    it = taskfan.imap(lambda x: x * 2, source, **opts)
+    assert list(itertools.islice(it, 10)) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    it.close()
+    assert source.pulled < 10 + 2 * 65_536
+
+
+def test_window_bounds_what_is_pulled_ahead(opts: dict[str, Any]) -> None:
+    source = Counted()
+    it = taskfan.imap(lambda x: x, source, window=50, **opts)
+    taken = list(itertools.islice(it, 5))
+    assert taken == [0, 1, 2, 3, 4]
+    # pulled - handed back never exceeds the window
+    assert source.pulled <= 5 + 50
+    it.close()
+
+
+def test_window_holds_with_a_slow_consumer(opts: dict[str, Any]) -> None:
+    source = Counted()
+    it = taskfan.imap(lambda x: x, source, window=100, **opts)
+    highest = 0
+    for i, value in enumerate(it):
+        assert value == i
+        highest = max(highest, source.pulled - (i + 1))
+        if i == 2000:
+            break
+    it.close()
+    assert highest <= 100
+
+
+def test_breaking_out_of_imap_stops_the_input(opts: dict[str, Any]) -> None:
+    source = Counted()
+    for value in taskfan.imap(lambda x: x, source, **opts):
+        if value == 3:
+            break
+    pulled = source.pulled
+    assert pulled < 2 * 65_536
+    assert source.pulled == pulled  # nothing pulls after the loop was left
+
+
+def test_dropping_an_unfinished_iterator_cleans_up(opts: dict[str, Any]) -> None:
+    source = Counted()
+    it = taskfan.imap(lambda x: x, source, **opts)
+    assert next(it) == 0
+    del it  # the autouse fixture checks that no worker is left behind
+    assert source.pulled < 2 * 65_536
+
+
+def test_progress_bar_counts_items_not_chunks(backend: str, capsys: Any) -> None:
+    it = taskfan.imap(lambda x: x, range(1001), backend=backend, progress=True, desc="items")
+    assert sum(1 for _ in it) == 1001
+    err = capsys.readouterr().err
+    assert "1001/1001" in err and "ok=1001 failed=0" in err and "items" in err
+
+
+def test_progress_off_when_stderr_is_not_a_terminal(backend: str, capsys: Any) -> None:
+    taskfan.map(lambda x: x, range(10), backend=backend)
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,93 @@
+"""Bad options fail at once, before any task runs, naming the option and what it accepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import taskfan
+from taskfan._options import make_options, parse_rate
+
+BAD = [
+    ({"workers": 0}, ValueError, "workers must be an integer >= 1"),
+    ({"workers": 2.5}, ValueError, "workers must be an integer >= 1"),
+    ({"workers": True}, ValueError, "workers must be an integer >= 1"),
+    ({"backend": "gpu"}, ValueError, "backend must be one of 'auto', 'serial', 'thread'"),
+    ({"rate": "fast"}, ValueError, "rate must be .* 'N/s', 'N/min' or 'N/h'"),
+    ({"rate": 0}, ValueError, "rate must be"),
+    ({"rate": "-3/s"}, ValueError, "rate must be"),
+    ({"retries": -1}, ValueError, "retries must be an integer >= 0"),
+    ({"retry_on": "ValueError"}, ValueError, "retry_on must be an exception type"),
+    ({"timeout": 0}, ValueError, "timeout must be a number of seconds > 0"),
+    ({"timeout": "5"}, ValueError, "timeout must be a number of seconds"),
+    ({"backoff": -1}, ValueError, "backoff must be a number of seconds >= 0"),
+    ({"errors": "ignore"}, ValueError, "errors must be one of 'raise', 'return', 'skip'"),
+    ({"progress": "yes"}, ValueError, "progress must be None, True, False or 'log'"),
+    ({"chunksize": 0}, ValueError, "chunksize must be 'auto' or an integer >= 1"),
+    ({"window": -5}, ValueError, "window must be 'auto' or an integer >= 1"),
+    ({"initializer": 5}, ValueError, "initializer must be a callable"),
+    ({"initargs": (1,)}, ValueError, "initargs= was given without initializer="),
+    ({"rerun": "some"}, ValueError, "rerun must be one of 'failed', 'missing', 'all'"),
+    ({"backend": "serial", "workers": 4}, ValueError, "backend='serial' runs one task"),
+    ({"backend": "serial", "timeout": 1}, ValueError, "timeout= cannot stop a task"),
+    ({"backend": "thread", "max_tasks_per_worker": 5}, ValueError, "needs backend='process'"),
+    ({"address": "tcp://x:1"}, ValueError, "address= is the dask scheduler"),
+    ({"wokers": 4}, TypeError, r"unknown option wokers=; did you mean workers=\?"),
+    ({"journal": "run.db"}, NotImplementedError, "journal= is not available"),
+    ({"backend": "dask"}, NotImplementedError, "backend='dask' is not available"),
+]
+
+
+@pytest.mark.parametrize(("given", "kind", "message"), BAD)
+def test_bad_option_fails_before_any_task_runs(
+    given: dict[str, Any], kind: type[Exception], message: str
+) -> None:
+    ran: list[int] = []
+    for front in (taskfan.map, taskfan.imap):
+        with pytest.raises(kind, match=message):
+            front(ran.append, [1, 2, 3], **given)
+    assert ran == []
+
+
+def test_runner_and_parallelized_validate_at_construction() -> None:
+    with pytest.raises(ValueError, match="workers must be"):
+        taskfan.Runner(workers=-1)
+    with pytest.raises(ValueError, match="workers must be"):
+        taskfan.Parallelized(print, [], workers=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [
+        (5, 5.0),
+        (0.5, 0.5),
+        ("10/s", 10.0),
+        ("120/min", 2.0),
+        ("3600/h", 1.0),
+        (" 2.5 / sec ", 2.5),
+        ("30/minute", 0.5),
+        ("7200/hours", 2.0),
+    ],
+)
+def test_rate_forms(text: Any, per_second: float) -> None:
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+def test_options_are_frozen() -> None:
+    options = make_options("map", {"workers": 3})
+    with pytest.raises(AttributeError):
+        options.workers = 4  # type: ignore[misc]
+
+
+def test_workers_one_runs_inline_in_the_calling_thread() -> None:
+    import threading
+
+    main = threading.get_ident()
+    assert taskfan.map(lambda _: threading.get_ident(), range(5), workers=1) == [main] * 5
+    assert (
+        taskfan.map(lambda _: threading.get_ident(), range(5), backend="thread", workers=1)
+        == [main] * 5
+    )
+    others = taskfan.map(lambda _: threading.get_ident(), range(5), workers=1, timeout=30)
+    assert main not in others  # a timeout needs a thread that can be abandoned
