@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-BACKENDS = ["serial", "thread"]
+BACKENDS = ["serial", "thread", "process"]
 HERE = Path(__file__).parent
 
 
@@ -42,31 +42,75 @@ class Gates:
     """Events for tasks to wait on; every one is released when the test ends.
 
     Tasks that must not end until the test says so wait on a gate (with a bound, so a
-    broken test fails instead of hanging); nothing is left blocked afterwards.
+    broken test fails instead of hanging); nothing is left blocked afterwards. For the
+    process backend a gate is a Manager event, which workers reach through its proxy.
     """
 
     def __init__(self) -> None:
-        self._events: list[threading.Event] = []
+        self._events: list[Any] = []
+        self._manager: Any = None
 
-    def new(self) -> threading.Event:
-        event = threading.Event()
+    def new(self, backend: str = "thread") -> Any:
+        if backend == "process":
+            if self._manager is None:
+                import multiprocessing
+
+                self._manager = multiprocessing.Manager()
+            event = self._manager.Event()
+        else:
+            event = threading.Event()
         self._events.append(event)
         return event
 
-    def release_all(self) -> None:
+    def close(self) -> None:
         for event in self._events:
             event.set()
+        self._events = []
+        if self._manager is not None:
+            self._manager.shutdown()
+            self._manager = None
 
 
 @pytest.fixture
 def gates() -> Iterator[Gates]:
     g = Gates()
     yield g
-    g.release_all()
+    g.close()
+
+
+def _infrastructure(process: psutil.Process) -> bool:
+    """multiprocessing's own long-lived helpers (spawn, forkserver), not workers."""
+    try:
+        cmdline = " ".join(process.cmdline())
+    except psutil.Error:
+        return True
+    return "multiprocessing.forkserver" in cmdline or "multiprocessing.resource_tracker" in cmdline
 
 
 def _taskfan_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("taskfan")]
+
+
+def workers_alive() -> list[psutil.Process]:
+    """Child processes of this test process, but for multiprocessing's own helpers."""
+    return [p for p in psutil.Process().children(recursive=True) if not _infrastructure(p)]
+
+
+def still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of ``processes`` that have not exited within ``timeout`` seconds.
+
+    A zombie has exited (its parent is gone and nothing reaped it yet), so it counts as
+    ended, though psutil sees it as running.
+    """
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return [p for p in alive if _status(p) != psutil.STATUS_ZOMBIE]
+
+
+def _status(process: psutil.Process) -> str:
+    try:
+        return str(process.status())
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_DEAD
 
 
 @pytest.fixture(autouse=True)
@@ -74,15 +118,14 @@ def nothing_left_behind(gates: Gates) -> Iterator[None]:
     """After each test: no taskfan thread and no child process may be left alive."""
     before = set(_taskfan_threads())
     yield
-    gates.release_all()
+    gates.close()
     deadline = time.monotonic() + 10
     for thread in _taskfan_threads():
         if thread not in before:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
     left = [t.name for t in _taskfan_threads() if t not in before and t.is_alive()]
     assert not left, f"threads left behind: {left}"
-    children = psutil.Process().children(recursive=True)
-    _, alive = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+    alive = still_running(workers_alive(), timeout=max(0.0, deadline - time.monotonic()))
     assert not alive, f"child processes left behind: {[p.pid for p in alive]}"
 
 

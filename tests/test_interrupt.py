@@ -1,16 +1,21 @@
-"""Ctrl+C: KeyboardInterrupt from the call within a second, even with tasks stuck, and the
-interpreter exits without waiting for abandoned threads. Run in a real child process."""
+"""Ctrl+C: KeyboardInterrupt from the call within a second, even with tasks stuck; the
+interpreter exits without waiting for abandoned threads; no worker process survives.
+Each case runs in a real child process that gets a real SIGINT."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
-from .conftest import read_until, run_script
+import psutil
+import pytest
+
+from .conftest import read_until, run_script, still_running
 
 SCRIPT = """
-import logging, sys, time, taskfan
+import json, logging, os, sys, time, taskfan
 
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 
@@ -18,35 +23,55 @@ def quick(i):
     return i * 10
 
 def stuck(i):
+    print("stuck in", os.getpid(), flush=True)
     time.sleep(1000)
 
-runner = taskfan.Runner(backend={backend!r}, workers=4, progress="log", progress_every=0.05)
-for i in range(4):
-    runner.add(i, quick, i)
-for i in range(4, 8):
-    runner.add(i, stuck, i)
-try:
-    runner.run()
-except KeyboardInterrupt:
-    print("interrupted", time.monotonic(), dict(runner.results), runner.report.cancelled,
-          flush=True)
-    raise
-print("not interrupted", flush=True)
+if __name__ == "__main__":
+    runner = taskfan.Runner(backend=BACKEND, workers=WORKERS, progress="log",
+                            progress_every=0.05)
+    for i in range(4):
+        runner.add(i, quick, i)
+    for i in range(4, 8):
+        runner.add(i, stuck, i)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        report = runner.report
+        print("interrupted", json.dumps({"when": time.monotonic(),
+              "kept": {str(k): v for k, v in runner.results.items()},
+              "cancelled": report.cancelled, "total": report.total}), flush=True)
+        raise
+    print("not interrupted", flush=True)
 """
 
 
-def test_ctrl_c_raises_keyboardinterrupt_within_a_second(tmp_path: Path) -> None:
-    proc = run_script(SCRIPT.format(backend="thread"), tmp_path)
-    read_until(proc, lambda line: "4 ok" in line)
+@pytest.mark.parametrize("backend", ["serial", "thread", "process"])
+def test_ctrl_c_raises_keyboardinterrupt_within_a_second(backend: str, tmp_path: Path) -> None:
+    workers = 1 if backend == "serial" else 4
+    proc = run_script(
+        SCRIPT.replace("BACKEND", repr(backend)).replace("WORKERS", str(workers)), tmp_path
+    )
+    seen: set[str] = set()
+
+    def ready(line: str) -> bool:
+        seen.update(k for k in ("stuck in", "4 ok") if k in line)
+        # Inline, nothing else runs while a task is stuck: its start is the signal.
+        return "stuck in" in seen and ("4 ok" in seen or backend == "serial")
+
+    read_until(proc, ready)
+    workers_before = psutil.Process(proc.pid).children(recursive=True)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     exited = time.monotonic() - sent
     lines = [line for line in out.splitlines() if line.startswith("interrupted")]
     assert lines, f"no KeyboardInterrupt seen: stdout={out!r} stderr={err[-2000:]!r}"
-    when = lines[0].split(" ", 2)[1]
-    assert float(when) - sent < 1.0
-    assert "{0: 0, 1: 10, 2: 20, 3: 30} 4" in lines[0]  # what ended is kept; 4 cancelled
+    got = json.loads(lines[0].split(" ", 1)[1])
+    assert got["when"] - sent < 1.0
+    assert got["kept"] == {"0": 0, "1": 10, "2": 20, "3": 30}  # what ended is kept
+    assert got["cancelled"] == got["total"] - 4 >= 1  # the stuck and the never started
     assert "KeyboardInterrupt" in err
     assert proc.returncode == -signal.SIGINT  # died of SIGINT, as Python does after Ctrl+C
-    assert exited < 2.0  # the interpreter did not wait for the stuck threads
+    assert exited < 2.0  # the interpreter did not wait for stuck threads or workers
+    alive = still_running(workers_before, timeout=1.0)
+    assert not alive, f"workers alive after Ctrl+C: {alive}"

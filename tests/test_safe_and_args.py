@@ -18,19 +18,20 @@ def test_safe_counter_never_loses_an_update(opts: dict[str, Any], backend: str) 
             counter.increment("hits")
         counter.increment("tasks")
 
-    taskfan.map(bump, range(4), chunksize=1, **opts)
-    assert counter.get("hits") == 40_000
-    assert counter.as_dict() == {"hits": 40_000, "tasks": 4}
-    assert counter.get("never") == 0
+    with counter:
+        taskfan.map(bump, range(4), chunksize=1, **opts)
+        assert counter.get("hits") == 40_000
+        assert counter.as_dict() == {"hits": 40_000, "tasks": 4}
+        assert counter.get("never") == 0
 
 
 def test_safe_dict(opts: dict[str, Any], backend: str) -> None:
-    shared = taskfan.SafeDict.make(backend)
-    taskfan.map(lambda i: shared.set(i, i * i), range(100), **opts)
-    assert shared.as_dict() == {i: i * i for i in range(100)}
-    assert shared[7] == 49 and shared.get(1000, "none") == "none"
-    with pytest.raises(KeyError):
-        shared[1000]
+    with taskfan.SafeDict.make(backend) as shared:
+        taskfan.map(lambda i: shared.set(i, i * i), range(100), **opts)
+        assert shared.as_dict() == {i: i * i for i in range(100)}
+        assert shared[7] == 49 and shared.get(1000, "none") == "none"
+        with pytest.raises(KeyError):
+            shared[1000]
 
 
 def test_safe_make_names_a_bad_backend() -> None:

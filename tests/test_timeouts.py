@@ -13,13 +13,13 @@ from taskfan import TaskTimeout
 from .conftest import Gates
 
 
-@pytest.fixture(params=["thread"])
+@pytest.fixture(params=["thread", "process"])
 def timed_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 def test_timed_out_task_fails_alone(timed_backend: str, gates: Gates) -> None:
-    hang = gates.new()
+    hang = gates.new(timed_backend)
 
     def task(x: int) -> int:
         if x == 5:
@@ -40,7 +40,7 @@ def test_timed_out_task_fails_alone(timed_backend: str, gates: Gates) -> None:
 
 
 def test_timeout_applies_per_item_inside_a_chunk(timed_backend: str, gates: Gates) -> None:
-    hang = gates.new()
+    hang = gates.new(timed_backend)
 
     def task(x: int) -> int:
         if x == 3:
@@ -64,8 +64,8 @@ def test_timeout_applies_per_item_inside_a_chunk(timed_backend: str, gates: Gate
 
 
 def test_timed_out_task_is_retried(timed_backend: str, gates: Gates) -> None:
-    hang = gates.new()
-    attempts = taskfan.SafeCounter.make("thread")
+    hang = gates.new(timed_backend)
+    attempts = taskfan.SafeCounter.make(timed_backend)
 
     def task(x: int) -> int:
         if attempts.increment(x) == 1 and x == 1:
@@ -78,6 +78,7 @@ def test_timed_out_task_is_retried(timed_backend: str, gates: Gates) -> None:
     for i in range(3):
         runner.add(i, task, i)
     results = runner.run()
+    attempts.close()
     assert dict(results) == {0: 0, 1: 1, 2: 2}
     assert results.outcomes[1].attempts == 2 and results.report.retried == 1
 

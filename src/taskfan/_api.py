@@ -233,11 +233,14 @@ class Runner:
 
     def _finish(self) -> None:
         assert self._engine is not None
+        for piece in self._engine.leftover():
+            for outcome in _outcomes(piece, self._keys):
+                self.results._add(outcome)
         ended = Results()
         for key in self._keys:
-            outcome = self.results.outcomes.get(key)
-            if outcome is not None:
-                ended._add(outcome)
+            found = self.results.outcomes.get(key)
+            if found is not None:
+                ended._add(found)
         ended.report = self._engine.report
         self.results = ended
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import random
 from collections import deque
@@ -27,9 +28,19 @@ from ._errors import TaskTimeout
 from ._options import Options, Plan
 from ._outcome import Report
 from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
-from .backends._base import Backend, Call, Done, Failure, backend_class, describe_failure
+from .backends._base import (
+    Backend,
+    Call,
+    Done,
+    Failure,
+    Setup,
+    backend_class,
+    describe_failure,
+)
 
 __all__ = ["Engine", "Job", "Piece"]
+
+logger = logging.getLogger("taskfan")
 
 #: most items taken from the input and not yet handed back, when ``window`` is auto
 AUTO_WINDOW_MAX = 65_536
@@ -142,8 +153,8 @@ class Engine:
             return
         self._opened = True
         self._t0 = self.clock.now()
-        self._backend.start(self.options.initializer, self.options.initargs)
         o = self.options
+        self._backend.start(Setup(o.initializer, o.initargs, o.max_tasks_per_worker))
         self._observers = make_observers(
             o.progress, self._job.total, o.desc, o.progress_every, self.clock
         )
@@ -182,12 +193,33 @@ class Engine:
         self._closed = True
         self._t1 = self.clock.now()
         try:
+            if self._opened and not self._complete:
+                self._salvage()
             if self._opened:
                 self._backend.close(cancel=not self._complete)
         finally:
             report = self.report
             for observer in self._observers:
                 observer.close(report)
+
+    def _salvage(self) -> None:
+        """Keep what ended but was not yet taken in (Ctrl+C, an error, a break)."""
+        self._fail_fast = False
+        try:
+            for done in self._backend.wait(0):
+                if done.call_id in self._inflight:
+                    self._finish(done)
+        except Exception:
+            logger.debug("could not collect late results", exc_info=True)
+        self._pending.clear()
+        self._timers.clear()
+
+    def leftover(self) -> list[Piece]:
+        """Pieces that ended but were never yielded (after the run stopped early)."""
+        pieces = list(self._out) + list(self._buffer.values())
+        self._out.clear()
+        self._buffer.clear()
+        return pieces
 
     @property
     def report(self) -> Report:
@@ -423,7 +455,7 @@ class Engine:
             self._next_out += len(ready.items)
 
     def _retryable(self, failure: Failure, attempt: int) -> bool:
-        if attempt > self.options.retries:
+        if attempt > self.options.retries or not failure.retry:
             return False
         if failure.status in ("timeout", "crashed"):
             return True

@@ -5,32 +5,51 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["SafeCounter", "SafeDict"]
 
 _IN_PROCESS = ("auto", "serial", "thread")
+_SUPPORTED = (*_IN_PROCESS, "process")
 
 
-def _check_backend(kind: str, backend: str) -> None:
-    if not isinstance(backend, str) or backend not in _IN_PROCESS:
+def _shared_between_processes(kind: str, backend: str) -> bool:
+    if not isinstance(backend, str) or backend not in _SUPPORTED:
         raise ValueError(
-            f"{kind}.make(backend) takes one of {', '.join(map(repr, _IN_PROCESS))} in this "
-            f"version of taskfan; got {backend!r}"
+            f"{kind}.make(backend) takes one of {', '.join(map(repr, _SUPPORTED))}; got {backend!r}"
         )
+    return backend == "process"
 
 
-class SafeCounter(ABC):
+class _Closable:
+    """Shared state that may own a server process: close it, or use ``with``."""
+
+    def close(self) -> None:
+        """Release what this object owns (a server process for ``"process"``)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SafeCounter(_Closable, ABC):
     """Named integer counters, safe to update from the workers of one backend.
 
     Make one with ``SafeCounter.make(backend)`` for the backend the tasks run on, and
-    pass it to the tasks (as an argument or in a closure).
+    pass it to the tasks (as an argument or in a closure). For ``"process"`` the counts
+    live in a small server process, and each increment happens there, under its lock:
+    no update is ever lost. ``close()`` (or ``with``) stops that server.
     """
 
     @staticmethod
     def make(backend: str = "thread") -> SafeCounter:
         """A counter safe to update from ``backend``'s workers."""
-        _check_backend("SafeCounter", backend)
+        if _shared_between_processes("SafeCounter", backend):
+            from ._shared import ServedCounter
+
+            return ServedCounter()
         return _LockedCounter()
 
     @abstractmethod
@@ -66,13 +85,20 @@ class _LockedCounter(SafeCounter):
             return dict(self._counts)
 
 
-class SafeDict(ABC):
-    """A dict safe to update from the workers of one backend: ``set``, ``get``, ``[key]``."""
+class SafeDict(_Closable, ABC):
+    """A dict safe to update from the workers of one backend: ``set``, ``get``, ``[key]``.
+
+    For ``"process"`` the entries live in a small server process; ``close()`` (or
+    ``with``) stops it.
+    """
 
     @staticmethod
     def make(backend: str = "thread") -> SafeDict:
         """A dict safe to update from ``backend``'s workers."""
-        _check_backend("SafeDict", backend)
+        if _shared_between_processes("SafeDict", backend):
+            from ._shared import ServedDict
+
+            return ServedDict()
         return _LockedDict()
 
     @abstractmethod

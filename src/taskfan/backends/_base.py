@@ -30,6 +30,7 @@ __all__ = [
     "Done",
     "Failure",
     "Mark",
+    "Setup",
     "describe_failure",
     "run_items",
 ]
@@ -58,11 +59,16 @@ class Call:
 
 @dataclass(slots=True)
 class Failure:
-    """How one item's attempt failed: the exception, the worker's traceback, the kind."""
+    """How one item's attempt failed: the exception, the worker's traceback, the kind.
+
+    ``retry`` is False for failures that another attempt cannot mend (a result or an
+    argument that cannot be pickled, a broken initializer).
+    """
 
     error: BaseException
     traceback: str
     status: Status = "failed"
+    retry: bool = True
 
 
 @dataclass(slots=True)
@@ -82,6 +88,16 @@ class Done:
     worker: str = ""
     started: float = 0.0
     elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """How each worker is prepared: ``initializer(*initargs)`` once before its first task;
+    a process worker is replaced after ``max_tasks_per_worker`` tasks."""
+
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_worker: int | None = None
 
 
 Mark = Callable[[int], bool]
@@ -197,10 +213,8 @@ class Backend(ABC):
         self.workers = workers
         self.clock = clock
 
-    def start(  # noqa: B027 - optional hook: a backend with nothing to prepare skips it
-        self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
-    ) -> None:
-        """Prepare to run calls; ``initializer(*initargs)`` runs once in each worker."""
+    def start(self, setup: Setup) -> None:  # noqa: B027 - optional: nothing to prepare
+        """Prepare to run calls, each worker as ``setup`` says."""
 
     @abstractmethod
     def submit(self, call: Call) -> None:
@@ -231,6 +245,7 @@ class Backend(ABC):
 _REGISTRY = {
     "serial": ("taskfan.backends._serial", "SerialBackend"),
     "thread": ("taskfan.backends._thread", "ThreadBackend"),
+    "process": ("taskfan.backends._process", "ProcessBackend"),
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from typing import Any
 
-from ._base import Backend, Call, Done, run_call
+from ._base import Backend, Call, Done, Failure, Setup, run_items
 
 __all__ = ["SerialBackend"]
 
@@ -23,12 +23,21 @@ class SerialBackend(Backend):
         super().__init__(workers, clock)
         self._done: list[Done] = []
 
-    def start(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
-        if initializer is not None:
-            initializer(*initargs)
+    def start(self, setup: Setup) -> None:
+        if setup.initializer is not None:
+            setup.initializer(*setup.initargs)
 
     def submit(self, call: Call) -> None:
-        self._done.append(run_call(call, "main"))
+        out: list[Any] = []
+        errors: dict[int, Failure] = {}
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            run_items(call, out, errors)
+        finally:
+            # Also on Ctrl+C inside a task: the items before it did end, and keep their
+            # results (the engine collects them on its way out).
+            elapsed = time.perf_counter() - t0
+            self._done.append(Done(call.id, out, errors or None, None, "main", started, elapsed))
 
     def wait(self, timeout: float | None) -> list[Done]:
         done, self._done = self._done, []

@@ -19,7 +19,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .._clock import Clock
-from ._base import Backend, Call, Done, Failure, capture, run_call, run_items
+from ._base import Backend, Call, Done, Failure, Setup, capture, run_call, run_items
 
 __all__ = ["ThreadBackend"]
 
@@ -75,8 +75,8 @@ class ThreadBackend(Backend):
         self._initializer: Callable[..., object] | None = None
         self._initargs: tuple[Any, ...] = ()
 
-    def start(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
-        self._initializer, self._initargs = initializer, initargs
+    def start(self, setup: Setup) -> None:
+        self._initializer, self._initargs = setup.initializer, setup.initargs
 
     def submit(self, call: Call) -> None:
         self._outstanding += 1

@@ -1,0 +1,459 @@
+"""The process backend: worker processes, each with its own pipe, watched all at once.
+
+The engine's thread is the coordinator: :meth:`ProcessBackend.wait` blocks on every
+worker's pipe and every worker's process sentinel at once, so a result and a death are
+both seen the moment they happen, with no helper thread and no polling.
+
+- A worker that dies fails only the item it was running (its index is in the shared
+  slot), with :class:`WorkerCrashed`; calls it held but had not started go to the
+  others; a fresh worker takes its place.
+- A timeout kills the worker running the late item, then the same.
+- A call goes to an idle worker, or one call ahead to a busy worker if its message is
+  small: such a message always fits in the pipe, so the coordinator never blocks on a
+  send while a worker blocks on sending its reply.
+- Functions travel once per worker, pickled with cloudpickle; arguments and results with
+  pickle, falling back to cloudpickle.
+
+Start method: the caller's explicit ``multiprocessing.set_start_method`` wins. Otherwise,
+on Linux, ``fork`` when this process has a single thread (the fastest start, and safe: the
+danger of fork is a lock held by another thread at the moment of the fork), else
+``forkserver``; ``spawn`` where neither exists.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import itertools
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import wait as wait_for
+from multiprocessing.sharedctypes import RawArray
+from typing import Any
+
+from .._clock import Clock
+from .._errors import WorkerCrashed
+from ._base import Backend, Call, Done, Failure, Setup, describe_failure
+from ._worker import (
+    CALL_ID,
+    FUNCTION,
+    INDEX,
+    READY,
+    SLOT_FIELDS,
+    STARTED,
+    STATE,
+    STOP,
+    WorkerSpec,
+    call_header,
+    decode_reply,
+    worker_main,
+)
+
+__all__ = ["ProcessBackend", "start_method"]
+
+#: a message this small always fits in a pipe's buffer: safe to send to a busy worker
+PREFETCH_BYTES = 64 * 1024
+#: workers that die before running anything, in a row, before the run gives up
+STARTUP_DEATHS = 3
+
+
+def start_method() -> str:
+    """The start method for the next worker (see the module docstring)."""
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None:
+        return chosen
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods and _single_threaded():
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1  # native threads count too
+    except OSError:  # pragma: no cover - no /proc
+        return threading.active_count() == 1
+
+
+class _Sent:
+    """A call on its way to (or held by) a worker: the call and its encoded body."""
+
+    __slots__ = ("body", "call", "fn_id", "limit")
+
+    def __init__(self, call: Call, body: bytes, fn_id: int) -> None:
+        self.call, self.body, self.fn_id = call, body, fn_id
+        self.limit: int | None = None
+
+
+class _Worker:
+    __slots__ = ("conn", "functions", "items", "name", "outstanding", "process", "slot")
+
+    def __init__(self, process: Any, conn: Any, slot: int, name: str) -> None:
+        self.process, self.conn, self.slot, self.name = process, conn, slot, name
+        self.outstanding: deque[_Sent] = deque()
+        self.functions: set[int] = set()
+        self.items = 0
+
+
+_open_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_every_worker() -> None:
+    # Runs before multiprocessing's own exit hook (registered earlier), which would
+    # otherwise wait for our (non-daemon) workers.
+    for backend in list(_open_backends):
+        backend.close(cancel=True)
+
+
+class ProcessBackend(Backend):
+    """Worker processes with crash isolation, killing timeouts and worker recycling."""
+
+    name = "process"
+    chunk_seconds = 0.005
+    calls_per_worker = 2
+
+    def __init__(self, workers: int, clock: Clock) -> None:
+        super().__init__(workers, clock)
+        self._queue: deque[_Sent] = deque()
+        self._workers: list[_Worker] = []
+        self._ready: list[Done] = []
+        self._free = list(range(workers))[::-1]
+        self._numbers = itertools.count(1)
+        self._fn_ids = itertools.count()
+        self._fn_cache: dict[int, tuple[Callable[..., Any], int]] = {}
+        self._fn_blobs: dict[int, bytes] = {}
+        self._startup_deaths = 0
+        self._init_blob: bytes | None = None
+        self._max_tasks: int | None = None
+        self._slots: Any = None
+        self._marks: memoryview | None = None
+        self._lifeline: Any = None
+        self._lifeline_writer: Any = None
+        self._closed = False
+
+    # --- the Backend interface ---------------------------------------------------------------
+
+    def start(self, setup: Setup) -> None:
+        import cloudpickle
+
+        if setup.initializer is not None:
+            try:
+                self._init_blob = cloudpickle.dumps((setup.initializer, setup.initargs))
+            except Exception as error:
+                raise TypeError(_cannot_send("initializer", setup.initializer, error)) from error
+        self._max_tasks = setup.max_tasks_per_worker
+        self._slots = RawArray(ctypes.c_int64, self.workers * SLOT_FIELDS)
+        self._marks = memoryview(self._slots).cast("B").cast("q")
+        self._lifeline, self._lifeline_writer = multiprocessing.Pipe(duplex=False)
+        _open_backends.add(self)
+
+    def submit(self, call: Call) -> None:
+        fn_id = self._function_id(call.fn) if call.fn is not None else -1
+        body = self._encode(call, fn_id)
+        if isinstance(body, Done):
+            self._ready.append(body)
+            return
+        self._queue.append(_Sent(call, body, fn_id))
+        self._staff()
+        self._assign()
+
+    def wait(self, timeout: float | None) -> list[Done]:
+        if self._ready:
+            timeout = 0
+        owners: dict[Any, _Worker] = {}
+        for worker in self._workers:
+            owners[worker.conn] = worker
+            owners[worker.process.sentinel] = worker
+        if owners:
+            ready = wait_for(list(owners), timeout)
+            exits = []
+            for handle in ready:
+                worker = owners[handle]
+                if handle is worker.conn:
+                    self._drain(worker)
+                else:
+                    exits.append(worker)
+            for worker in exits:
+                self._on_exit(worker)
+        self._staff()
+        self._assign()
+        done, self._ready = self._ready, []
+        return done
+
+    def running(self) -> list[tuple[int, int, float]]:
+        marks = self._marks
+        found = []
+        for worker in self._workers:
+            if not worker.outstanding or marks is None:
+                continue
+            call = worker.outstanding[0].call
+            base = worker.slot * SLOT_FIELDS
+            if call.timed and marks[base + CALL_ID] == call.id:
+                index = marks[base + INDEX]  # read before the start time: see _worker
+                started = marks[base + STARTED]
+                if index >= 0 and started > 0:
+                    found.append((call.id, index, started / 1e9))
+        return found
+
+    def stop(self, call_id: int, index: int, failure: Failure) -> bool:
+        marks = self._marks
+        for worker in self._workers:
+            if not worker.outstanding or worker.outstanding[0].call.id != call_id:
+                continue
+            base = worker.slot * SLOT_FIELDS
+            if marks is None or marks[base + CALL_ID] != call_id or marks[base + INDEX] != index:
+                return False
+            _kill(worker.process)
+            self._retire(worker)
+            worker.outstanding.popleft()
+            self._ready.append(Done(call_id, [], None, (index, failure), worker.name))
+            self._requeue(worker)
+            self._staff()
+            self._assign()
+            return True
+        return False
+
+    def close(self, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _open_backends.discard(self)
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            if cancel:
+                worker.process.kill()
+            else:
+                _send_quietly(worker.conn, STOP)
+        if self._lifeline_writer is not None:
+            self._lifeline_writer.close()  # any worker still alive now sees its parent go
+        deadline = time.monotonic() + (1.0 if cancel else 5.0)
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                _kill(worker.process)
+            worker.conn.close()
+        if self._lifeline is not None:
+            self._lifeline.close()
+        self._queue.clear()
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _function_id(self, fn: Callable[..., Any]) -> int:
+        cached = self._fn_cache.get(id(fn))
+        if cached is not None and cached[0] is fn:
+            return cached[1]
+        import cloudpickle
+
+        try:
+            blob = cloudpickle.dumps(fn)
+        except Exception as error:
+            raise TypeError(_cannot_send("function", fn, error)) from error
+        fn_id = next(self._fn_ids)
+        self._fn_cache[id(fn)] = (fn, fn_id)
+        self._fn_blobs[fn_id] = FUNCTION + fn_id.to_bytes(8, "little", signed=True) + blob
+        return fn_id
+
+    def _encode(self, call: Call, fn_id: int) -> bytes | Done:
+        body = (fn_id, call.mode, call.items, call.timed)
+        try:
+            return pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+        import cloudpickle
+
+        try:
+            return bytes(cloudpickle.dumps(body))
+        except Exception:
+            pass
+        for index, item in enumerate(call.items):
+            try:
+                cloudpickle.dumps(item)
+            except Exception as error:
+                return Done(call.id, [], None, (index, _unsendable_arguments(error)), "parent")
+        return Done(call.id, [], None, (0, _unsendable_arguments(TypeError("unknown"))), "parent")
+
+    def _assign(self) -> None:
+        """Give queued calls to idle workers, then one call ahead to busy ones."""
+        for depth in range(self.calls_per_worker):
+            for worker in self._workers:
+                if not self._queue:
+                    return
+                if len(worker.outstanding) == depth and self._fits(worker, depth):
+                    self._send(worker, self._queue.popleft())
+
+    def _fits(self, worker: _Worker, depth: int) -> bool:
+        if self._max_tasks is not None and worker.items >= self._max_tasks:
+            return False  # it retires once its calls are done
+        if depth == 0:
+            return True
+        head = self._queue[0]
+        size = len(head.body)
+        if head.fn_id >= 0 and head.fn_id not in worker.functions:
+            size += len(self._fn_blobs[head.fn_id])
+        return size <= PREFETCH_BYTES
+
+    def _send(self, worker: _Worker, sent: _Sent) -> None:
+        count = len(sent.call.items)
+        sent.limit = None
+        if self._max_tasks is not None and worker.items + count > self._max_tasks:
+            sent.limit = self._max_tasks - worker.items
+        worker.items += count if sent.limit is None else sent.limit
+        worker.outstanding.append(sent)
+        try:
+            if sent.fn_id >= 0 and sent.fn_id not in worker.functions:
+                worker.conn.send_bytes(self._fn_blobs[sent.fn_id])
+                worker.functions.add(sent.fn_id)
+            worker.conn.send_bytes(call_header(sent.call.id, sent.limit) + sent.body)
+        except OSError:
+            pass  # the worker died: its sentinel tells, and _on_exit hands the call on
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _drain(self, worker: _Worker) -> None:
+        conn = worker.conn
+        try:
+            while worker.outstanding and conn.poll():
+                message = conn.recv_bytes()
+                self._on_reply(worker, worker.outstanding.popleft(), message)
+        except (EOFError, OSError):
+            pass  # it died mid-reply: the sentinel is ready too
+
+    def _on_reply(self, worker: _Worker, sent: _Sent, message: bytes) -> None:
+        self._startup_deaths = 0
+        try:
+            call_id, values, failures, started, elapsed = decode_reply(message)
+        except Exception as error:
+            count = len(sent.call.items) if sent.limit is None else sent.limit
+            failure = describe_failure(
+                TypeError(f"the results could not be rebuilt in the calling process: {error}"),
+                _format(error),
+            )
+            failure.retry = False
+            self._ready.append(
+                Done(
+                    sent.call.id,
+                    [None] * count,
+                    dict.fromkeys(range(count), failure),
+                    None,
+                    worker.name,
+                )
+            )
+            return
+        self._ready.append(Done(call_id, values, failures, None, worker.name, started, elapsed))
+
+    def _on_exit(self, worker: _Worker) -> None:
+        self._drain(worker)
+        worker.process.join(1.0)
+        self._retire(worker)
+        assert self._marks is not None
+        base = worker.slot * SLOT_FIELDS
+        state, call_id, index = (self._marks[base + f] for f in (STATE, CALL_ID, INDEX))
+        if not worker.outstanding:
+            return  # recycled after max_tasks_per_worker, or died idle: nothing lost
+        front = worker.outstanding[0]
+        if state != READY:
+            self._startup_deaths += 1
+            if self._startup_deaths >= STARTUP_DEATHS:
+                raise WorkerCrashed(worker.process.exitcode, _STARTUP_HINT)
+        elif call_id == front.call.id:
+            worker.outstanding.popleft()
+            self._ready.append(
+                Done(front.call.id, [], None, (max(index, 0), self._crash(worker)), worker.name)
+            )
+        self._requeue(worker)
+
+    def _crash(self, worker: _Worker) -> Failure:
+        code = worker.process.exitcode
+        error = WorkerCrashed(code, f"{worker.name}, pid {worker.process.pid}")
+        text = f"{type(error).__module__}.{type(error).__qualname__}: {error}\n"
+        return describe_failure(error, text, "crashed")
+
+    def _requeue(self, worker: _Worker) -> None:
+        """Calls a dead worker held but never started go first to the others."""
+        self._queue.extendleft(reversed(worker.outstanding))
+        worker.outstanding.clear()
+
+    def _retire(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+        self._free.append(worker.slot)
+        worker.conn.close()
+
+    # --- workers ------------------------------------------------------------------------
+
+    def _staff(self) -> None:
+        """Start workers while there is work for more of them."""
+        demand = len(self._queue) + sum(len(w.outstanding) for w in self._workers)
+        while len(self._workers) < min(self.workers, demand) and self._free and not self._closed:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._marks is not None
+        slot = self._free.pop()
+        base = slot * SLOT_FIELDS
+        for field, value in ((STATE, 0), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
+            self._marks[base + field] = value
+        context: Any = multiprocessing.get_context(start_method())
+        conn, child_conn = context.Pipe(duplex=True)
+        name = f"process-{next(self._numbers)}"
+        spec = WorkerSpec(
+            child_conn,
+            self._lifeline,
+            self._lifeline_writer,
+            self._slots,
+            slot,
+            self._init_blob,
+            self._max_tasks,
+        )
+        process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
+        process.start()
+        child_conn.close()
+        self._workers.append(_Worker(process, conn, slot, name))
+
+
+_STARTUP_HINT = (
+    "worker processes keep dying before they can run a task: check that initializer= "
+    "works and that the task's module imports cleanly in a fresh process"
+)
+
+
+def _kill(process: Any) -> None:
+    process.kill()
+    process.join(1.0)
+
+
+def _send_quietly(conn: Any, message: bytes) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(message)
+
+
+def _format(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def _cannot_send(what: str, obj: object, error: Exception) -> str:
+    return (
+        f"cannot send the {what} {obj!r} to worker processes, even with cloudpickle: "
+        f"{error}. Whatever it references must be picklable: create locks, open files, "
+        "connections and clients inside the task (or in an initializer=) instead of "
+        "capturing them, or use backend='thread'"
+    )
+
+
+def _unsendable_arguments(error: Exception) -> Failure:
+    message = (
+        f"cannot send this task's arguments to a worker process: {error}; pass plain "
+        "data (numbers, strings, paths, lists, dicts) and open resources inside the task"
+    )
+    failure = describe_failure(TypeError(message), _format(error))
+    failure.retry = False
+    return failure

@@ -1,0 +1,296 @@
+"""The worker process of the process backend, and the messages it exchanges.
+
+A worker reads calls from its own pipe, runs them item by item, and writes one reply per
+call. Before each item it writes the item's index (and, for timed calls, its start time)
+into a small shared-memory slot, so that when the worker dies or is killed the parent
+knows exactly which item it was running.
+
+Messages are bytes: a one-byte kind, then for a call an 8-byte call id and an 8-byte
+item limit, then the pickled body. Functions travel once per worker (kind ``F``), pickled
+with cloudpickle so that lambdas and closures work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import TaskError
+from ._base import FULL, KWARGS, SINGLE, STAR, Failure, describe_failure
+
+__all__ = [
+    "CALL",
+    "FUNCTION",
+    "SLOT_FIELDS",
+    "STOP",
+    "WorkerSpec",
+    "call_header",
+    "decode_reply",
+    "worker_main",
+]
+
+FUNCTION, CALL, STOP = b"F", b"C", b"S"
+HEADER = 17  # kind, call id, item limit
+
+# One slot per worker in a shared int64 array: these fields, in this order.
+SLOT_FIELDS = 4
+STATE, CALL_ID, INDEX, STARTED = range(SLOT_FIELDS)
+STARTING, READY = 0, 1
+NO_LIMIT = -1
+
+# An error record travels as (pickled exception or None, type name, message, traceback,
+# retry): the exception itself when it survives a pickle round trip, a description if not.
+ErrorRecord = tuple[bytes | None, str, str, str, bool]
+
+
+def call_header(call_id: int, limit: int | None) -> bytes:
+    """The fixed-size head of a call message."""
+    return (
+        CALL
+        + call_id.to_bytes(8, "little", signed=True)
+        + (NO_LIMIT if limit is None else limit).to_bytes(8, "little", signed=True)
+    )
+
+
+# --- parent side ---------------------------------------------------------------------------
+
+
+def decode_reply(message: bytes) -> tuple[int, list[Any], dict[int, Failure] | None, float, float]:
+    """``(call id, values, failures, started, elapsed)`` from a worker's reply."""
+    call_id, values, records, started, elapsed = pickle.loads(message)
+    failures = {i: _failure(record) for i, record in records.items()} if records else None
+    return call_id, values, failures, started, elapsed
+
+
+def _failure(record: ErrorRecord) -> Failure:
+    blob, type_name, message, tb_text, retry = record
+    error: BaseException | None = None
+    if blob is not None:
+        try:
+            error = pickle.loads(blob)
+        except Exception:
+            error = None
+    if not isinstance(error, BaseException):
+        error = TaskError(type_name, message)
+    failure = describe_failure(error, tb_text)
+    failure.retry = retry
+    return failure
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process is started with (pipes travel as multiprocessing handles)."""
+
+    conn: Any
+    lifeline: Any
+    lifeline_writer: Any
+    slots: Any
+    slot: int
+    init_blob: bytes | None
+    max_tasks: int | None
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a worker process."""
+    # The parent handles Ctrl+C and then kills its workers; a worker must not die of it
+    # halfway through writing a reply, nor print a KeyboardInterrupt of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spec.lifeline_writer.close()  # only the parent may hold it, so that its death closes it
+    _watch_parent(spec.lifeline)
+    marks = memoryview(spec.slots).cast("B").cast("q")
+    base = spec.slot * SLOT_FIELDS
+    broken = _initialize(spec.init_blob)
+    marks[base + STATE] = READY
+    _Loop(spec.conn, marks, base, broken).serve(spec.max_tasks)
+
+
+def _watch_parent(lifeline: Any) -> None:
+    """Exit at once when the parent dies: its end of the lifeline pipe then closes."""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv_bytes()
+        os._exit(70)  # the parent is gone: nobody will read our results
+
+    threading.Thread(target=watch, name="taskfan-lifeline", daemon=True).start()
+
+
+def _initialize(init_blob: bytes | None) -> ErrorRecord | None:
+    if init_blob is None:
+        return None
+    try:
+        initializer, initargs = pickle.loads(init_blob)
+        initializer(*initargs)
+    except BaseException as error:  # reported on every task this worker is given
+        return _record(error, retry=False)
+    return None
+
+
+class _Loop:
+    """A worker's receive-run-reply loop; ``marks[base:]`` is its shared slot."""
+
+    def __init__(self, conn: Any, marks: memoryview, base: int, broken: ErrorRecord | None) -> None:
+        self.conn, self.marks, self.base, self.broken = conn, marks, base, broken
+        self.functions: dict[int, Any] = {}
+
+    def serve(self, max_tasks: int | None) -> None:
+        ran = 0
+        while True:
+            try:
+                message = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            kind = message[:1]
+            if kind == FUNCTION:
+                self._load_function(message)
+            elif kind == CALL:
+                ran += self._answer(message)
+                if max_tasks is not None and ran >= max_tasks:
+                    return  # recycled: the parent starts a fresh worker
+            else:
+                return
+
+    def _load_function(self, message: bytes) -> None:
+        fn_id = int.from_bytes(message[1:9], "little", signed=True)
+        try:
+            self.functions[fn_id] = pickle.loads(message[9:])
+        except BaseException as error:  # tasks using it fail with this error
+            self.functions[fn_id] = _record(error, retry=False)
+
+    def _answer(self, message: bytes) -> int:
+        call_id = int.from_bytes(message[1:9], "little", signed=True)
+        limit = int.from_bytes(message[9:17], "little", signed=True)
+        self.marks[self.base + CALL_ID] = call_id
+        self.marks[self.base + INDEX] = -1
+        started = time.time()
+        t0 = time.perf_counter()
+        broken = self.broken
+        try:
+            fn_id, mode, items, timed = pickle.loads(message[HEADER:])
+        except BaseException as error:  # the arguments cannot be rebuilt here
+            fn_id, mode, items, timed = -1, FULL, [None], False
+            broken = _record(error, retry=False)
+        fn = self.functions.get(fn_id)
+        if isinstance(fn, tuple):
+            broken = fn
+        n = len(items) if limit == NO_LIMIT else min(limit, len(items))
+        if broken is not None:
+            values: list[Any] = [None] * n
+            records = dict.fromkeys(range(n), broken)
+        else:
+            values, records = self._run(fn, mode, itertools.islice(items, n), timed)
+        elapsed = time.perf_counter() - t0
+        self.conn.send_bytes(_encode_reply(call_id, values, records, started, elapsed))
+        return n
+
+    def _run(
+        self, fn: Callable[..., Any] | None, mode: int, items: Iterator[Any], timed: bool
+    ) -> tuple[list[Any], dict[int, ErrorRecord]]:
+        """Run items in order; an exception fails only its item and the loop goes on."""
+        out: list[Any] = []
+        records: dict[int, ErrorRecord] = {}
+        marks, index = self.marks, self.base + INDEX
+        while True:
+            try:
+                if mode == SINGLE and not timed:
+                    assert fn is not None
+                    append = out.append
+                    for i, item in enumerate(items, len(out)):
+                        marks[index] = i
+                        append(fn(item))
+                else:
+                    self._run_general(fn, mode, items, out, timed)
+                return out, records
+            except BaseException as error:  # a worker reports everything and carries on
+                records[len(out)] = _record(error)
+                out.append(None)
+
+    def _run_general(
+        self,
+        fn: Callable[..., Any] | None,
+        mode: int,
+        items: Iterator[Any],
+        out: list[Any],
+        timed: bool,
+    ) -> None:
+        append = out.append
+        marks, index, started = self.marks, self.base + INDEX, self.base + STARTED
+        now = time.monotonic_ns
+        for i, item in enumerate(items, len(out)):
+            if timed:
+                marks[started] = now()
+            marks[index] = i
+            if mode == SINGLE:
+                append(fn(item))  # type: ignore[misc]
+            elif mode == STAR:
+                append(fn(*item))  # type: ignore[misc]
+            elif mode == KWARGS:
+                append(fn(**item))  # type: ignore[misc]
+            else:
+                f, args, kwargs = item
+                append(f(*args, **kwargs))
+
+
+def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
+    """Describe an exception so that it survives the trip to the parent."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(error), error, tb))
+    blob: bytes | None
+    try:
+        blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        blob = None
+    kind = type(error)
+    return blob, f"{kind.__module__}.{kind.__qualname__}", str(error), text, retry
+
+
+def _encode_reply(
+    call_id: int, values: list[Any], records: dict[int, ErrorRecord], started: float, elapsed: float
+) -> bytes:
+    reply = (call_id, values, records, started, elapsed)
+    try:
+        return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    import cloudpickle
+
+    for i, value in enumerate(values):
+        if i in records:
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception as error:
+            values[i] = None
+            records[i] = _unsendable_result(error)
+    return bytes(cloudpickle.dumps(reply))
+
+
+def _unsendable_result(error: Exception) -> ErrorRecord:
+    message = (
+        f"the task's result could not be sent back from the worker process: {error}; "
+        "return plain data (numbers, strings, lists, dicts, dataclasses) or use "
+        "backend='thread'"
+    )
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    wrapped = TypeError(message)
+    return pickle.dumps(wrapped), "builtins.TypeError", message, text, False
+
+
+if __name__ == "__main__":  # pragma: no cover - never run directly
+    sys.exit("taskfan worker: started by the process backend, not by hand")

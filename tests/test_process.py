@@ -1,0 +1,287 @@
+"""What only the process backend can do: survive dying workers, kill hung tasks, carry
+anything cloudpickle can send, recycle workers, and never leave a worker behind."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import taskfan
+from taskfan import TaskError, TaskTimeout, WorkerCrashed
+
+from .conftest import Gates, read_until, run_script, still_running, workers_alive
+
+P = {"backend": "process", "workers": 2, "progress": False}
+
+
+def exit_on_50(x: int) -> int:
+    if x == 50:
+        os._exit(3)
+    return x
+
+
+def segfault_on_50(x: int) -> int:
+    if x == 50:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return x
+
+
+def sleep_on_50(x: int) -> int:
+    if x == 50:
+        time.sleep(1000)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("task", "detail"), [(exit_on_50, "exited with code 3"), (segfault_on_50, "signal SIGSEGV")]
+)
+def test_a_dying_worker_fails_only_its_task(task: Any, detail: str) -> None:
+    it = taskfan.imap(task, range(100), errors="return", **P)
+    got = list(it)
+    assert [g for i, g in enumerate(got) if i != 50] == [i for i in range(100) if i != 50]
+    assert isinstance(got[50], WorkerCrashed)
+    assert detail in str(got[50])
+    assert it.report.crashed == 1 and it.report.failed == 1 and it.report.ok == 99
+
+
+def test_a_crash_on_the_first_attempt_is_retried() -> None:
+    with taskfan.SafeCounter.make("process") as attempts:
+
+        def task(x: int) -> int:
+            if attempts.increment(x) == 1 and x == 50:
+                os._exit(1)
+            return x
+
+        it = taskfan.imap(task, range(100), retries=1, backoff=0, **P)
+        assert list(it) == list(range(100))
+    assert it.report.ok == 100 and it.report.retried == 1
+
+
+def test_a_task_that_always_crashes_fails_after_its_retries() -> None:
+    runner = taskfan.Runner(retries=2, backoff=0, **P)
+    runner.add("bad", exit_on_50, 50)
+    runner.add("good", exit_on_50, 1)
+    results = runner.run()
+    outcome = results.outcomes["bad"]
+    assert (outcome.status, outcome.attempts) == ("crashed", 3)
+    assert isinstance(outcome.error, WorkerCrashed) and results["good"] == 1
+    assert results.report.retried == 2
+
+
+def test_a_hung_task_is_killed_at_its_timeout() -> None:
+    started = time.monotonic()
+    it = taskfan.imap(sleep_on_50, range(100), timeout=1, errors="return", **P)
+    got = list(it)
+    assert time.monotonic() - started < 30  # killed, not waited for (1000 s)
+    assert isinstance(got[50], TaskTimeout)
+    assert [g for i, g in enumerate(got) if i != 50] == [i for i in range(100) if i != 50]
+    assert it.report.timed_out == 1 and it.report.ok == 99
+
+
+def test_lambdas_and_closures_are_sent_with_cloudpickle() -> None:
+    offset = 7
+    assert taskfan.map(lambda x: x + offset, range(5), **P) == [7, 8, 9, 10, 11]
+
+
+class LocalError(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")  # pickles, but cannot be rebuilt from args
+
+
+class HoldsALock(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unrebuildable(x: int) -> int:
+    raise LocalError(x, x)
+
+
+def raise_unpicklable(x: int) -> int:
+    raise HoldsALock
+
+
+def return_a_lock(x: int) -> Any:
+    return threading.Lock() if x == 1 else x
+
+
+def test_bad_payload_unpicklable_function_fails_at_once() -> None:
+    lock = threading.Lock()
+    ran = []
+
+    def task(x: int) -> int:
+        with lock:
+            ran.append(x)
+        return x
+
+    with pytest.raises(TypeError, match=r"cannot send the function .* even with cloudpickle"):
+        taskfan.map(task, range(10), **P)
+    assert ran == []
+    assert workers_alive() == []  # no worker was even started
+
+
+def test_bad_payload_unpicklable_argument_fails_that_task_only() -> None:
+    items = [1, threading.Lock(), 3]
+    got = taskfan.map(str, items, errors="return", **P)
+    assert got[0] == "1" and got[2] == "3"
+    assert isinstance(got[1], TypeError)
+    assert "cannot send this task's arguments" in str(got[1])
+
+
+def test_bad_payload_unpicklable_result_fails_that_task_only() -> None:
+    runner = taskfan.Runner(retries=3, **P)
+    for i in range(3):
+        runner.add(i, return_a_lock, i)
+    results = runner.run()
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], TypeError)
+    assert "result could not be sent back" in str(results[1])
+    assert results.outcomes[1].attempts == 1  # not retried: it cannot work next time
+
+
+@pytest.mark.parametrize(
+    ("task", "type_name", "message"),
+    [(raise_unrebuildable, "LocalError", "1-1"), (raise_unpicklable, "HoldsALock", "holds a lock")],
+)
+def test_bad_payload_exception_arrives_as_task_error(
+    task: Any, type_name: str, message: str
+) -> None:
+    [error] = taskfan.map(task, [1], errors="return", **P)
+    assert isinstance(error, TaskError)
+    assert error.type_name == f"tests.test_process.{type_name}"
+    assert error.message == message
+    assert isinstance(error.__cause__, taskfan.TaskTraceback)
+    assert task.__name__ in error.__cause__.text
+
+
+def test_an_exception_keeps_its_type_and_worker_traceback() -> None:
+    def fails(x: int) -> int:
+        return {}[x]  # type: ignore[no-any-return]
+
+    with pytest.raises(KeyError) as info:
+        taskfan.map(fails, [5], **P)
+    cause = info.value.__cause__
+    assert isinstance(cause, taskfan.TaskTraceback)
+    assert "in fails" in cause.text and "return {}[x]" in cause.text
+
+
+def remember_pid(tag: str) -> None:
+    os.environ["TASKFAN_TEST_INIT"] = f"{tag}:{os.getpid()}"
+
+
+def read_init(_: int) -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get("TASKFAN_TEST_INIT")
+
+
+def test_initializer_runs_once_in_each_worker() -> None:
+    got = taskfan.map(
+        read_init, range(200), initializer=remember_pid, initargs=("hi",), chunksize=1, **P
+    )
+    for pid, seen in got:
+        assert seen == f"hi:{pid}"
+    assert os.getpid() not in {pid for pid, _ in got}
+
+
+def test_a_failing_initializer_fails_every_task_clearly() -> None:
+    def broken() -> None:
+        raise RuntimeError("no database")
+
+    with pytest.raises(RuntimeError, match="no database"):
+        taskfan.map(read_init, range(3), initializer=broken, **P)
+
+
+def test_max_tasks_per_worker_recycles_workers() -> None:
+    got = taskfan.map(read_init, range(40), max_tasks_per_worker=5, **P)
+    per_pid: dict[int, int] = {}
+    for pid, _ in got:
+        per_pid[pid] = per_pid.get(pid, 0) + 1
+    assert len(got) == 40
+    assert max(per_pid.values()) <= 5 and len(per_pid) >= 8
+
+
+@pytest.fixture(params=["fork", "forkserver", "spawn"])
+def start_method(request: pytest.FixtureRequest) -> Iterator[str]:
+    multiprocessing.set_start_method(request.param, force=True)
+    yield str(request.param)
+    multiprocessing.set_start_method(None, force=True)
+
+
+def test_every_start_method_works(start_method: str, gates: Gates) -> None:
+    from taskfan.backends._process import start_method as chosen
+
+    assert chosen() == start_method
+    offset = 100
+    assert taskfan.map(lambda x: x + offset, range(50), **P) == list(range(100, 150))
+    got = taskfan.map(exit_on_50, range(60), errors="return", **P)
+    assert isinstance(got[50], WorkerCrashed) and got[:50] == list(range(50))
+    assert taskfan.map(read_init, [0], initializer=remember_pid, initargs=("x",), **P)[0][1]
+
+
+def test_default_start_method_is_fork_only_when_single_threaded() -> None:
+    from taskfan.backends._process import start_method as chosen
+
+    assert multiprocessing.get_start_method(allow_none=True) is None
+    assert chosen() == "fork"
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert chosen() == "forkserver"  # forking with a second thread is not safe
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_breaking_out_of_imap_leaves_no_worker(gates: Gates) -> None:
+    for value in taskfan.imap(abs, range(10**6), **P):
+        if value == 10:
+            break
+    assert workers_alive() == []
+
+
+def test_an_abandoned_iterator_leaves_no_worker() -> None:
+    it = taskfan.imap(abs, range(10**6), **P)
+    assert next(it) == 0
+    del it
+    assert workers_alive() == []
+
+
+def test_errors_raise_leaves_no_worker() -> None:
+    with pytest.raises(ZeroDivisionError):
+        taskfan.map(lambda x: 1 / (x - 500), range(10**5), **P)
+    assert workers_alive() == []
+
+
+ORPHANS = """
+import os, time, taskfan
+
+def nap(x):
+    print("worker", os.getpid(), flush=True)
+    time.sleep(1000)
+
+if __name__ == "__main__":
+    taskfan.map(nap, range(4), backend="process", workers=2)
+"""
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    proc = run_script(ORPHANS, tmp_path)
+    lines = read_until(proc, lambda line: line.startswith("worker"))
+    first = int(lines[-1].split()[1])
+    workers = psutil.Process(proc.pid).children()
+    assert first in [w.pid for w in workers] and len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    alive = still_running(workers, timeout=1.0)
+    assert not alive, f"workers still alive a second after the parent died: {alive}"
