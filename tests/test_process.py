@@ -285,3 +285,42 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     proc.communicate(timeout=10)
     alive = still_running(workers, timeout=1.0)
     assert not alive, f"workers still alive a second after the parent died: {alive}"
+
+
+GLOBAL_STATE = """
+import multiprocessing, os, sys, taskfan
+
+STATE = {}
+
+def init(tag):
+    STATE["tag"] = tag + ":" + str(os.getpid())
+
+def task(x):
+    return STATE.get("tag"), os.getpid()
+
+if __name__ == "__main__":
+    if sys.argv[1] != "default":
+        multiprocessing.set_start_method(sys.argv[1])
+    got = taskfan.map(task, range(50), backend="process", workers=2, initializer=init,
+                      initargs=("set",), chunksize=1)
+    print("ok" if all(tag == f"set:{pid}" for tag, pid in got) else f"lost: {got[:3]}")
+"""
+
+
+@pytest.mark.parametrize("method", ["default", "spawn", "forkserver"])
+def test_a_scripts_globals_are_the_workers_own(method: str, tmp_path: Path) -> None:
+    # A function of the main script must see what the initializer stored in the
+    # script's globals, not a copy taken when the function was pickled.
+    script = tmp_path / "job.py"
+    script.write_text(GLOBAL_STATE)
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(script), method],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -56,8 +56,8 @@ class TaskTimeout(TaskfanError, TimeoutError):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(
-            f"task ran longer than timeout={seconds:g} s and was stopped; "
-            "raise timeout= or add retries= if this task is sometimes slow"
+            f"task ran longer than timeout={seconds:g} s; "
+            "raise timeout=, or add retries= if it is only sometimes slow"
         )
         self.seconds = seconds
 

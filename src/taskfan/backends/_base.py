@@ -9,6 +9,9 @@ captures an exception per item and carries on with the next.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -108,6 +111,30 @@ def describe_failure(error: BaseException, tb_text: str, status: Status = "faile
     """Record ``error`` with its worker traceback, attached as ``__cause__`` (SPEC 3)."""
     error.__cause__ = TaskTraceback(tb_text)
     return Failure(error, tb_text, status)
+
+
+def where_stuck(thread_id: int | None, failure: Failure) -> None:
+    """Attach the stack of the thread that ran a timed-out item to its ``failure``.
+
+    A thread cannot be stopped, but it can be looked at: the user learns where the task
+    was (a socket read, a lock) when its time ran out.
+    """
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    if frame is None:
+        return
+    ours = os.path.dirname(os.path.dirname(__file__))
+    frames = [
+        f
+        for f in traceback.extract_stack(frame)
+        if not f.filename.startswith(ours) and f.filename != threading.__file__
+    ]
+    text = (
+        "Where the task was when its timeout passed (most recent call last):\n"
+        + "".join(traceback.format_list(frames))
+        + "".join(traceback.format_exception_only(type(failure.error), failure.error))
+    )
+    failure.traceback = text
+    failure.error.__cause__ = TaskTraceback(text)
 
 
 def capture(error: BaseException) -> Failure:

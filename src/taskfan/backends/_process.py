@@ -77,6 +77,34 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def dumps_callable(payload: Any, fn: Callable[..., Any]) -> bytes:
+    """Pickle ``payload`` (``fn``, or something holding it) for a worker process.
+
+    By reference where the worker can import it, so that it runs with the worker's own
+    module globals: an initializer that stores a connection in a global of the script is
+    then seen by the tasks. cloudpickle sends functions of ``__main__`` by value, with a
+    copy of their globals taken here, which silently breaks that pattern. By value
+    (cloudpickle) only for what cannot be imported: lambdas, closures, nested functions,
+    and the functions of an interactive session.
+    """
+    if _importable(fn):
+        try:
+            return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(payload))
+
+
+def _importable(fn: Callable[..., Any]) -> bool:
+    if getattr(fn, "__module__", None) != "__main__":
+        return True
+    # Workers re-import the main script from its file (spawn, forkserver) or inherit it
+    # (fork); an interactive session has no file to import from.
+    return getattr(sys.modules.get("__main__"), "__file__", None) is not None
+
+
 def _single_threaded() -> bool:
     try:
         return len(os.listdir("/proc/self/task")) == 1  # native threads count too
@@ -144,11 +172,10 @@ class ProcessBackend(Backend):
     # --- the Backend interface ---------------------------------------------------------------
 
     def start(self, setup: Setup) -> None:
-        import cloudpickle
-
         if setup.initializer is not None:
             try:
-                self._init_blob = cloudpickle.dumps((setup.initializer, setup.initargs))
+                init = (setup.initializer, setup.initargs)
+                self._init_blob = dumps_callable(init, setup.initializer)
             except Exception as error:
                 raise TypeError(_cannot_send("initializer", setup.initializer, error)) from error
         self._max_tasks = setup.max_tasks_per_worker
@@ -252,10 +279,8 @@ class ProcessBackend(Backend):
         cached = self._fn_cache.get(id(fn))
         if cached is not None and cached[0] is fn:
             return cached[1]
-        import cloudpickle
-
         try:
-            blob = cloudpickle.dumps(fn)
+            blob = dumps_callable(fn, fn)
         except Exception as error:
             raise TypeError(_cannot_send("function", fn, error)) from error
         fn_id = next(self._fn_ids)

@@ -19,7 +19,17 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .._clock import Clock
-from ._base import Backend, Call, Done, Failure, Setup, capture, run_call, run_items
+from ._base import (
+    Backend,
+    Call,
+    Done,
+    Failure,
+    Setup,
+    capture,
+    run_call,
+    run_items,
+    where_stuck,
+)
 
 __all__ = ["ThreadBackend"]
 
@@ -204,6 +214,7 @@ class ThreadBackend(Backend):
             if slot.abandoned or call is None or call.id != call_id or slot.index != index:
                 return None
             slot.abandoned = True
+            where_stuck(slot.thread.ident if slot.thread else None, failure)
             values = slot.out[:index]
             errors = {i: f for i, f in dict(slot.errors).items() if i < index}
             elapsed = time.perf_counter() - slot.t0
