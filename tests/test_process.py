@@ -324,3 +324,19 @@ def test_a_scripts_globals_are_the_workers_own(method: str, tmp_path: Path) -> N
         check=False,
     )
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+class SlowToPickle:
+    """A result that takes 1.5 s to pickle: longer than the timeout of the task."""
+
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        time.sleep(1.5)
+        return (int, (42,))
+
+
+def make_slow_result(_: int) -> SlowToPickle:
+    return SlowToPickle()
+
+
+def test_sending_a_result_back_is_not_part_of_the_timeout() -> None:
+    assert taskfan.map(make_slow_result, [0], timeout=1, **P) == [42]

@@ -192,6 +192,9 @@ class _Loop:
             records = dict.fromkeys(range(n), broken)
         else:
             values, records = self._run(fn, mode, itertools.islice(items, n), timed)
+        # Nothing runs any more: pickling a large reply, or waiting for the parent to
+        # read it, must not look like a late item to the parent's deadline check.
+        self.marks[self.base + INDEX] = -1
         elapsed = time.perf_counter() - t0
         self.conn.send_bytes(_encode_reply(call_id, values, records, started, elapsed))
         return n
