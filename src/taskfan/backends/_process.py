@@ -29,6 +29,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from .._clock import Clock
-from .._errors import WorkerCrashed
+from .._errors import TaskTraceback, WorkerCrashed
 from ._base import Backend, Call, Done, Failure, Setup, describe_failure
 from ._worker import (
     CALL_ID,
@@ -123,10 +124,10 @@ class _Sent:
 
 
 class _Worker:
-    __slots__ = ("conn", "functions", "items", "name", "outstanding", "process", "slot")
+    __slots__ = ("conn", "dump", "functions", "items", "name", "outstanding", "process", "slot")
 
-    def __init__(self, process: Any, conn: Any, slot: int, name: str) -> None:
-        self.process, self.conn, self.slot, self.name = process, conn, slot, name
+    def __init__(self, process: Any, conn: Any, dump: Any, slot: int, name: str) -> None:
+        self.process, self.conn, self.dump, self.slot, self.name = process, conn, dump, slot, name
         self.outstanding: deque[_Sent] = deque()
         self.functions: set[int] = set()
         self.items = 0
@@ -240,6 +241,7 @@ class ProcessBackend(Backend):
             base = worker.slot * SLOT_FIELDS
             if marks is None or marks[base + CALL_ID] != call_id or marks[base + INDEX] != index:
                 return False
+            _attach_stack(worker, failure)
             _kill(worker.process)
             self._retire(worker)
             worker.outstanding.popleft()
@@ -269,6 +271,7 @@ class ProcessBackend(Backend):
             if worker.process.is_alive():
                 _kill(worker.process)
             worker.conn.close()
+            worker.dump.close()
         if self._lifeline is not None:
             self._lifeline.close()
         self._queue.clear()
@@ -412,6 +415,7 @@ class ProcessBackend(Backend):
         self._workers.remove(worker)
         self._free.append(worker.slot)
         worker.conn.close()
+        worker.dump.close()
 
     # --- workers ------------------------------------------------------------------------
 
@@ -429,6 +433,7 @@ class ProcessBackend(Backend):
             self._marks[base + field] = value
         context: Any = multiprocessing.get_context(start_method())
         conn, child_conn = context.Pipe(duplex=True)
+        dump, child_dump = context.Pipe(duplex=False)
         name = f"process-{next(self._numbers)}"
         spec = WorkerSpec(
             child_conn,
@@ -438,17 +443,60 @@ class ProcessBackend(Backend):
             slot,
             self._init_blob,
             self._max_tasks,
+            child_dump,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
         process.start()
         child_conn.close()
-        self._workers.append(_Worker(process, conn, slot, name))
+        child_dump.close()
+        self._workers.append(_Worker(process, conn, dump, slot, name))
 
 
 _STARTUP_HINT = (
     "worker processes keep dying before they can run a task: check that initializer= "
     "works and that the task's module imports cleanly in a fresh process"
 )
+
+
+def _attach_stack(worker: _Worker, failure: Failure) -> None:
+    """Ask a worker about to be killed for its stacks, and attach the task's to ``failure``."""
+    if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - Windows
+        return
+    try:
+        os.kill(worker.process.pid, signal.SIGUSR1)
+        if not worker.dump.poll(0.25):
+            return
+        chunks = [os.read(worker.dump.fileno(), 1 << 16)]
+        while worker.dump.poll(0.02):
+            chunks.append(os.read(worker.dump.fileno(), 1 << 16))
+    except OSError:
+        return
+    stack = _task_frames(b"".join(chunks).decode(errors="replace"))
+    if stack:
+        text = (
+            "Where the task was when its timeout passed (most recent call FIRST):\n"
+            + stack
+            + f"{type(failure.error).__name__}: {failure.error}\n"
+        )
+        failure.traceback = text
+        failure.error.__cause__ = TaskTraceback(text)
+
+
+def _task_frames(dump: str) -> str:
+    """The frames of the thread running the task, without taskfan's or multiprocessing's."""
+    ours = os.path.dirname(os.path.dirname(__file__))
+    library = os.path.dirname(multiprocessing.__file__)
+    for section in dump.split("\n\n"):
+        lines = section.splitlines()
+        if any(" in watch" in line and "_worker.py" in line for line in lines):
+            continue  # the lifeline thread
+        # Most recent first: the task's frames are those above taskfan's own (a forked
+        # worker's stack goes on into the frames it was forked from).
+        frames = list(itertools.takewhile(lambda line: ours not in line, lines[1:]))
+        frames = [line for line in frames if library not in line]
+        if frames:
+            return "\n".join(frames) + "\n"
+    return ""
 
 
 def _kill(process: Any) -> None:

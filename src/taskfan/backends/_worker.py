@@ -13,6 +13,7 @@ with cloudpickle so that lambdas and closures work.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import itertools
 import os
 import pickle
@@ -101,6 +102,7 @@ class WorkerSpec:
     slot: int
     init_blob: bytes | None
     max_tasks: int | None
+    dump: Any = None  # where faulthandler writes this worker's stacks on SIGUSR1
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -110,6 +112,10 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec.lifeline_writer.close()  # only the parent may hold it, so that its death closes it
     _watch_parent(spec.lifeline)
+    if spec.dump is not None and hasattr(signal, "SIGUSR1"):
+        # Before it kills us for a timeout, the parent asks where the task is stuck; the
+        # dump is written from C, so it works even inside a long call holding the GIL.
+        faulthandler.register(signal.SIGUSR1, file=spec.dump.fileno(), all_threads=True)
     marks = memoryview(spec.slots).cast("B").cast("q")
     base = spec.slot * SLOT_FIELDS
     broken = _initialize(spec.init_blob)
