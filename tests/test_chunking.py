@@ -33,7 +33,7 @@ def test_known_remainder_is_shared_among_workers() -> None:
     sizer.observe(1000, 1000 * 1e-5)  # 10 us per item: ideal 200 per chunk
     assert sizer.size(100_000) == 200
     assert sizer.size(1600) == 100  # a quarter of a fair share
-    assert sizer.size(10) == 50  # but never below a quarter of the target time
+    assert sizer.size(10) == 25  # but never below the floor: an eighth of the target
 
 
 def test_fixed_chunksize_is_kept() -> None:

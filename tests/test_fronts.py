@@ -304,3 +304,21 @@ def test_leaving_parallelized_early_cancels_the_rest(opts: dict[str, Any]) -> No
             break
     # Only a window's worth of the endless input was ever pulled.
     assert par.report.total <= 2 * 65_536
+
+
+def test_a_retry_after_the_input_ran_out_still_runs(opts: dict[str, Any], backend: str) -> None:
+    # Once the input is exhausted idle workers may be let go; a retry that falls due
+    # later (after its backoff) must still find a worker.
+    with taskfan.SafeCounter.make(backend) as attempts:
+
+        def flaky(x: int) -> int:
+            if attempts.increment(x) == 1 and x == 99:
+                raise ConnectionError("first try fails")
+            return x
+
+        runner = taskfan.Runner(retries=1, backoff=0.05, **opts)
+        for i in range(100):
+            runner.add(i, flaky, i)
+        results = runner.run()
+    assert dict(results) == {i: i for i in range(100)}
+    assert results.outcomes[99].attempts == 2

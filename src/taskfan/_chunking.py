@@ -19,12 +19,15 @@ class ChunkSizer:
     items measured so far, so one fast first call does not send a thousand slow ones to
     one worker. When the number of items left is known, no chunk takes more than a
     quarter of a fair share per worker, so that workers finish close together, unless
-    that would cut it below a quarter of the target time (dispatch would then cost more
+    that would cut it below ``floor`` seconds of work (dispatch would then cost more
     than balance gains).
     """
 
-    def __init__(self, target: float, workers: int, fixed: int | None = None) -> None:
+    def __init__(
+        self, target: float, workers: int, fixed: int | None = None, floor: float | None = None
+    ) -> None:
         self.target = target
+        self.floor = target / 8 if floor is None else floor
         self.workers = workers
         self.fixed = fixed
         self.per_item: float | None = None
@@ -47,5 +50,6 @@ class ChunkSizer:
         ideal = self.target / self.per_item if self.per_item > 0 else float(MAX_CHUNK)
         size = min(ideal, 8.0 * self.measured, float(MAX_CHUNK))
         if remaining is not None:
-            size = min(size, max(math.ceil(remaining / (4 * self.workers)), ideal / 4))
+            worth = self.floor / self.per_item if self.per_item > 0 else float(MAX_CHUNK)
+            size = min(size, max(math.ceil(remaining / (4 * self.workers)), worth))
         return max(1, int(size))

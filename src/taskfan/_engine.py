@@ -126,9 +126,10 @@ class Engine:
         self._rng = rng or random.Random()
         self._backend: Backend = backend_class(plan.backend)(plan.workers, self.clock)
         self._max_calls = plan.workers * (1 if options.rate else self._backend.calls_per_worker)
-        target = self._backend.chunk_seconds
+        backend = self._backend
+        target = max(backend.chunk_seconds, plan.workers * backend.seconds_per_worker)
         fixed = 1 if options.rate else options.chunksize
-        self._sizer = ChunkSizer(target, plan.workers, fixed)
+        self._sizer = ChunkSizer(target, plan.workers, fixed, floor=target / 8)
         self._interval = 1.0 / options.rate if options.rate else 0.0
         self._next_start = -math.inf
         self.tally = Tally()
@@ -252,25 +253,35 @@ class Engine:
     # --- intake and dispatch --------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while len(self._inflight) < self._max_calls:
+        limit = self._call_limit()
+        if len(self._inflight) >= limit:
+            return
+        window = self._window()
+        cap = max(1, window // self._max_calls)  # every worker can hold some of the window
+        while len(self._inflight) < limit:
             if self._interval and self.clock.now() < self._next_start:
                 return
-            span = self._next_span()
+            span = self._next_span(window, cap)
             if span is None:
                 return
             if self._interval:
                 self._next_start = self.clock.now() + self._interval
             self._send(span)
 
-    def _next_span(self) -> Span | None:
+    def _call_limit(self) -> int:
+        # Until a first call has been measured, one call per worker: the next ones are
+        # then sized from what it took, instead of all going out one item each.
+        return self._max_calls if self._sizer.per_item is not None else self.plan.workers
+
+    def _next_span(self, window: int, cap: int) -> Span | None:
         if self._pending:
             return self._pending.popleft()
         if self._exhausted:
             return None
-        room = self._window() - (self.tally.pulled - self._emitted)
+        room = window - (self.tally.pulled - self._emitted)
         if room <= 0:
             return None
-        size = min(self._sizer.size(self._remaining()), room, self._chunk_cap())
+        size = min(self._sizer.size(self._remaining()), room, cap)
         items = self._take(size)
         if len(items) < size:
             self._exhausted = True
@@ -297,18 +308,11 @@ class Engine:
         wanted = 2 * self._max_calls * self._sizer.size()
         return max(4 * self.plan.workers, min(wanted, AUTO_WINDOW_MAX))
 
-    def _chunk_cap(self) -> int:
-        # Enough chunks for every worker to hold some, within the window.
-        return max(1, self._window() // self._max_calls)
-
     def _send(self, span: Span) -> None:
-        call = Call(
-            next(self._ids),
-            self._job.fn,
-            self._job.mode,
-            span.items,
-            self.options.timeout is not None,
-        )
+        per_item = self._sizer.per_item
+        expected = None if per_item is None else per_item * len(span.items)
+        timed = self.options.timeout is not None
+        call = Call(next(self._ids), self._job.fn, self._job.mode, span.items, timed, expected)
         self._inflight[call.id] = span
         if span.attempt > 1:
             self.tally.retried += 1
@@ -330,6 +334,8 @@ class Engine:
         now = self.clock.now()
         while self._timers and self._timers[0][0] <= now:
             self._pending.append(heapq.heappop(self._timers)[2])
+        if self._exhausted and not self._pending and not self._timers:
+            self._backend.release_idle()
         self._expire(now)
         for observer in self._observers:
             due = observer.next_tick()
@@ -410,6 +416,8 @@ class Engine:
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
         n = len(span.items)
+        if start >= n:
+            return
         runs = [(start, skip), (skip + 1, n)] if start <= skip < n else [(start, n)]
         for a, b in reversed(runs):
             if a < b:

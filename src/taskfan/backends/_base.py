@@ -50,7 +50,8 @@ class Call:
     """One message to a worker: a chunk of items, each its own task.
 
     ``timed`` asks the worker to publish which item it is running and since when, so
-    the engine can stop exactly that item when its timeout passes.
+    the engine can stop exactly that item when its timeout passes. ``expected`` is the
+    engine's estimate of the seconds it takes (None before anything was measured).
     """
 
     id: int
@@ -58,6 +59,7 @@ class Call:
     mode: int
     items: Sequence[Any]
     timed: bool = False
+    expected: float | None = None
 
 
 @dataclass(slots=True)
@@ -230,8 +232,12 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
-    #: seconds of work one call should carry: enough to hide the cost of a message
+    #: seconds of work one call should carry at least: enough to hide a message's cost
     chunk_seconds: ClassVar[float] = 0.002
+    #: the coordinator's time to hand out one call and take its result back, over the
+    #: share of one core it may spend on that: each worker adds this much to the work a
+    #: call should carry, or many fast workers would swamp the coordinator
+    seconds_per_worker: ClassVar[float] = 0.0006
     #: calls in flight per worker: more than one lets a worker start the next call
     #: without waiting for the engine to hand it over
     calls_per_worker: ClassVar[int] = 2
@@ -262,6 +268,11 @@ class Backend(ABC):
         when that item is no longer running (it finished in the meantime).
         """
         return False
+
+    def release_idle(self) -> None:  # noqa: B027 - optional: a hint, nothing to do by default
+        """The input is exhausted: new calls can now only be retries. A backend may let
+        idle workers go now (so their teardown overlaps the last tasks), as long as it
+        still runs a call submitted later."""
 
     @abstractmethod
     def close(self, cancel: bool) -> None:

@@ -124,10 +124,21 @@ class _Sent:
 
 
 class _Worker:
-    __slots__ = ("conn", "dump", "functions", "items", "name", "outstanding", "process", "slot")
+    __slots__ = (
+        "conn",
+        "dump",
+        "functions",
+        "items",
+        "name",
+        "outstanding",
+        "process",
+        "since",
+        "slot",
+    )
 
     def __init__(self, process: Any, conn: Any, dump: Any, slot: int, name: str) -> None:
         self.process, self.conn, self.dump, self.slot, self.name = process, conn, dump, slot, name
+        self.since = 0.0  # when its first outstanding call became the one it runs
         self.outstanding: deque[_Sent] = deque()
         self.functions: set[int] = set()
         self.items = 0
@@ -149,6 +160,7 @@ class ProcessBackend(Backend):
 
     name = "process"
     chunk_seconds = 0.005
+    seconds_per_worker = 0.002
     calls_per_worker = 2
 
     def __init__(self, workers: int, clock: Clock) -> None:
@@ -324,6 +336,12 @@ class ProcessBackend(Backend):
             return False  # it retires once its calls are done
         if depth == 0:
             return True
+        # A call sent ahead waits behind the one running: only where that one is known
+        # to be short and is not running late. Otherwise one slow task would hold back
+        # the call queued behind it while other workers go idle.
+        running = worker.outstanding[0].call.expected
+        if running is None or time.monotonic() - worker.since > running:
+            return False
         head = self._queue[0]
         size = len(head.body)
         if head.fn_id >= 0 and head.fn_id not in worker.functions:
@@ -336,6 +354,8 @@ class ProcessBackend(Backend):
         if self._max_tasks is not None and worker.items + count > self._max_tasks:
             sent.limit = self._max_tasks - worker.items
         worker.items += count if sent.limit is None else sent.limit
+        if not worker.outstanding:
+            worker.since = time.monotonic()
         worker.outstanding.append(sent)
         try:
             if sent.fn_id >= 0 and sent.fn_id not in worker.functions:
@@ -353,6 +373,7 @@ class ProcessBackend(Backend):
             while worker.outstanding and conn.poll():
                 message = conn.recv_bytes()
                 self._on_reply(worker, worker.outstanding.popleft(), message)
+                worker.since = time.monotonic()
         except (EOFError, OSError):
             pass  # it died mid-reply: the sentinel is ready too
 

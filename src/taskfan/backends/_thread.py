@@ -78,7 +78,8 @@ class ThreadBackend(Backend):
         super().__init__(workers, clock)
         self._inbox: SimpleQueue[Call | None] = SimpleQueue()
         self._outbox: SimpleQueue[Done] = SimpleQueue()
-        self._slots: list[_Slot] = []  # one per live thread; abandoned ones leave it
+        self._slots: list[_Slot] = []  # one per thread started; abandoned ones leave it
+        self._stops_sent = 0  # stop messages queued: each ends one thread of _slots
         self._outstanding = 0
         self._closing = False
         self._numbers = itertools.count(1)
@@ -90,9 +91,22 @@ class ThreadBackend(Backend):
 
     def submit(self, call: Call) -> None:
         self._outstanding += 1
-        if len(self._slots) < min(self.workers, self._outstanding):
+        if self._live() < min(self.workers, self._outstanding):
             self._spawn()
         self._inbox.put(call)
+
+    def _live(self) -> int:
+        # Stops travel behind every call queued before them, and each ends exactly one
+        # thread: the threads that will go on taking calls are those not yet stopped.
+        return len(self._slots) - self._stops_sent
+
+    def _send_stops(self, count: int) -> None:
+        for _ in range(count):
+            self._inbox.put(None)
+        self._stops_sent += count
+
+    def release_idle(self) -> None:
+        self._send_stops(max(0, self._live() - self._outstanding))
 
     def wait(self, timeout: float | None) -> list[Done]:
         try:
@@ -125,7 +139,7 @@ class ThreadBackend(Backend):
             if done is not None:
                 self._slots.remove(slot)
                 self._outbox.put(done)
-                if len(self._slots) < min(self.workers, self._outstanding):
+                if self._live() < min(self.workers, self._outstanding):
                     self._spawn()
                 return True
         return False
@@ -138,10 +152,10 @@ class ThreadBackend(Backend):
                     self._inbox.get_nowait()
                 except Empty:
                     break
-        for _ in self._slots:
-            self._inbox.put(None)
+        self._send_stops(self._live())
         if not cancel:
-            # Every call has come back, so each thread is idle and exits at once.
+            # Every call has come back, so each thread is idle and exits at once (those
+            # released early are gone already).
             for slot in self._slots:
                 assert slot.thread is not None
                 slot.thread.join(timeout=5.0)
