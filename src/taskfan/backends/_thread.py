@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -80,6 +81,9 @@ class ThreadBackend(Backend):
         self._outbox: SimpleQueue[Done] = SimpleQueue()
         self._slots: list[_Slot] = []  # one per thread started; abandoned ones leave it
         self._stops_sent = 0  # stop messages queued: each ends one thread of _slots
+        self._to_start: deque[threading.Thread] = deque()
+        self._starting_lock = threading.Lock()
+        self._starter: threading.Thread | None = None
         self._outstanding = 0
         self._closing = False
         self._numbers = itertools.count(1)
@@ -154,11 +158,15 @@ class ThreadBackend(Backend):
                     break
         self._send_stops(self._live())
         if not cancel:
+            starter = self._starter
+            if starter is not None:
+                starter.join(timeout=5.0)
             # Every call has come back, so each thread is idle and exits at once (those
             # released early are gone already).
             for slot in self._slots:
                 assert slot.thread is not None
-                slot.thread.join(timeout=5.0)
+                if slot.thread.ident is not None:
+                    slot.thread.join(timeout=5.0)
         self._slots = []
 
     # --- worker side --------------------------------------------------------------------
@@ -170,7 +178,28 @@ class ThreadBackend(Backend):
             target=self._work, args=(slot,), name=f"taskfan-{slot.name}", daemon=True
         )
         self._slots.append(slot)
-        slot.thread.start()
+        if len(self._slots) == 1:
+            slot.thread.start()  # the first at once: work begins without waiting
+            return
+        # Thread.start() waits for the new thread to run; a starter thread does that
+        # waiting, so the engine keeps queueing calls and each thread begins work the
+        # moment it exists (a pool that starts all its threads first idles meanwhile).
+        with self._starting_lock:
+            self._to_start.append(slot.thread)
+            if self._starter is None:
+                self._starter = threading.Thread(
+                    target=self._start_threads, name="taskfan-starter", daemon=True
+                )
+                self._starter.start()
+
+    def _start_threads(self) -> None:
+        while True:
+            with self._starting_lock:
+                if not self._to_start or self._closing:
+                    self._starter = None
+                    return
+                thread = self._to_start.popleft()
+            thread.start()
 
     def _work(self, slot: _Slot) -> None:
         broken = self._initialize()
