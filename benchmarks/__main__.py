@@ -1,16 +1,19 @@
-"""``python -m benchmarks [--quick] [--only NAME...]``: run, print and save the table."""
+"""``python -m benchmarks [--quick] [--only NAME...]``: run, print and save the table and chart."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from pathlib import Path
 
-from . import threads
+from . import processes, threads
+from ._chart import write_chart
 from ._harness import Scenario, table
 
 HERE = Path(__file__).parent
+GROUPS = ("tiny", "io", "memory", "process")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer repeats, and skip the minute-long ThreadPoolExecutor run",
     )
     parser.add_argument(
-        "--only", nargs="*", default=None, help="run only these scenario groups: tiny, io, memory"
+        "--only",
+        nargs="*",
+        choices=GROUPS,
+        default=None,
+        help="run only these scenario groups (default: all)",
     )
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
-    wanted = set(args.only or ["tiny", "io", "memory"])
+    wanted = set(args.only or GROUPS)
 
     scenarios: list[Scenario] = []
     if "tiny" in wanted:
@@ -36,27 +43,53 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in wanted:
         skip = ("ThreadPoolExecutor.map",) if args.quick else ()
         scenarios.append(_show(threads.memory(skip=skip)))
+    if "process" in wanted:
+        scenarios += _process_group(repeats)
 
     text = table(scenarios)
     header = (
-        f"Python {platform.python_version()}, {platform.machine()}, "
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"medians of {repeats} interleaved runs\n\n"
     )
+    if "process" in wanted:
+        header += (
+            f"Process CPU tasks: medians of {_cpu_repeats(repeats)} runs. Crash and Ctrl+C: "
+            f"one run per contender in a fresh subprocess, killed after "
+            f"{processes.HARD_TIMEOUT:.0f} s.\n\n"
+        )
     print("\n" + header + text)
     (HERE / "results.md").write_text(header + text + "\n")
+    write_chart(scenarios, HERE / "results.png")
     return 0
+
+
+def _process_group(repeats: int) -> list[Scenario]:
+    return [
+        _show(processes.tiny_calls(repeats)),
+        _show(processes.cpu_bound(_cpu_repeats(repeats))),
+        _show(processes.crash_resilience()),
+        _show(processes.ctrl_c_exit()),
+    ]
+
+
+def _cpu_repeats(repeats: int) -> int:
+    # a CPU-bound run takes a second per contender: half the repeats keep the group short
+    return max(2, repeats // 2)
 
 
 def _show(scenario: Scenario) -> Scenario:
     print(
-        f"{scenario.name}: "
-        + ", ".join(
-            f"{k}={v:.4g}" if v is not None else f"{k}=n/a" for k, v in scenario.figures.items()
-        ),
+        f"{scenario.name}: " + ", ".join(_cell(scenario, k) for k in scenario.figures),
         file=sys.stderr,
         flush=True,
     )
     return scenario
+
+
+def _cell(scenario: Scenario, name: str) -> str:
+    value = scenario.figures[name]
+    text = f"{name}={value:.4g}" if value is not None else f"{name}=n/a"
+    return text + (f" ({scenario.notes[name]})" if name in scenario.notes else "")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,10 +55,31 @@ def median_times(
         for name, run in contenders.items():
             if run is None:
                 continue
+            before = set(threading.enumerate())
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
+            settle(before)
     return {name: statistics.median(ts) if ts else None for name, ts in times.items()}
+
+
+def settle(before: set[threading.Thread], timeout: float = 10.0) -> None:
+    """Wait, off the clock, until the threads and processes a run started are gone.
+
+    Some pools return before their workers have exited (ThreadPool leaves its threads
+    to finish on their own, a reusable executor keeps its processes). Left running,
+    they would slow whichever contender is timed next.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        if thread.daemon or thread.name.startswith(("Thread-", "taskfan", "Dummy")):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with the dev extra
+        return
+    children = psutil.Process().children(recursive=True)
+    psutil.wait_procs(children, timeout=max(0.0, min(2.0, deadline - time.monotonic())))
 
 
 def format_figure(value: float | None, unit: str) -> str:
@@ -69,7 +91,11 @@ def format_figure(value: float | None, unit: str) -> str:
         return f"{value:.0%}"
     if unit == "MB":
         return f"{value:.1f} MB"
-    return f"{value:.3f} s"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "results":
+        return f"{value:.0f}"
+    return f"{value:.4g} {unit}"
 
 
 def table(scenarios: list[Scenario]) -> str:
