@@ -81,6 +81,29 @@ class Piece:
     started: float
     duration: float
 
+    @classmethod
+    def of(
+        cls,
+        span: Span,
+        start: int,
+        values: list[Any],
+        failures: dict[int, Failure] | None,
+        done: Done,
+    ) -> Piece:
+        """The tasks of ``span`` from offset ``start`` that ``done`` reports ended."""
+        per_item = done.elapsed / len(done.values) if done.values else done.elapsed
+        items = span.items[start : start + len(values)]
+        return cls(
+            span.seq + start,
+            items,
+            values,
+            failures,
+            span.attempt,
+            done.worker,
+            done.started + start * per_item,
+            per_item,
+        )
+
     def cut(self, start: int, stop: int) -> Piece:
         """The tasks at offsets ``[start, stop)`` as a piece of their own."""
         failures = None
@@ -378,39 +401,14 @@ class Engine:
 
     def _finish(self, done: Done) -> None:
         span = self._inflight.pop(done.call_id)
-        n, m = len(span.items), len(done.values)
+        m = len(done.values)
         if m:
             self._sizer.observe(m, done.elapsed)
-        per_item = done.elapsed / m if m else done.elapsed
-        if m:
-            items = span.items if m == n else span.items[:m]
-            self._settle(
-                Piece(
-                    span.seq,
-                    items,
-                    done.values,
-                    done.errors,
-                    span.attempt,
-                    done.worker,
-                    done.started,
-                    per_item,
-                )
-            )
+            self._settle(Piece.of(span, 0, done.values, done.errors, done))
         skip = -1
         if done.stopped is not None:
             skip, failure = done.stopped
-            self._settle(
-                Piece(
-                    span.seq + skip,
-                    [span.items[skip]],
-                    [None],
-                    {0: failure},
-                    span.attempt,
-                    done.worker,
-                    done.started,
-                    per_item,
-                )
-            )
+            self._settle(Piece.of(span, skip, [None], {0: failure}, done))
         self._requeue(span, m, skip)
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
@@ -426,33 +424,30 @@ class Engine:
     def _settle(self, piece: Piece) -> None:
         failures = piece.failures
         tally = self.tally
-        if not failures:
-            tally.ok += len(piece.values)
-            self._emit(piece, len(piece.values))
-            return
-        retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
-        for i in retry:
-            self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
-        final = [f for i, f in failures.items() if i not in retry]
-        tally.ok += len(piece.values) - len(failures)
-        tally.failed += len(final)
-        tally.timed_out += sum(f.status == "timeout" for f in final)
-        tally.crashed += sum(f.status == "crashed" for f in final)
-        if final and self._fail_fast:
-            raise final[0].error
-        ended = len(piece.values) - len(retry)
-        start = 0
-        for hole in [*retry, len(piece.values)]:
-            if hole > start:
-                self._emit(piece.cut(start, hole), 0)
-            start = hole + 1
+        retry: list[int] = []
+        if failures:
+            retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
+            for i in retry:
+                self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
+            final = [f for i, f in failures.items() if i not in retry]
+            tally.failed += len(final)
+            tally.timed_out += sum(f.status == "timeout" for f in final)
+            tally.crashed += sum(f.status == "crashed" for f in final)
+            if final and self._fail_fast:
+                tally.ok += len(piece.values) - len(failures)
+                raise final[0].error
+        tally.ok += len(piece.values) - len(failures or ())
         for observer in self._observers:
-            observer.update(ended, tally)
+            observer.update(len(piece.values) - len(retry), tally)
+        start = 0
+        for hole in [*retry, len(piece.values)]:  # retried tasks leave holes, filled later
+            if hole > start:
+                self._emit(
+                    piece if start == 0 and hole == len(piece.values) else piece.cut(start, hole)
+                )
+            start = hole + 1
 
-    def _emit(self, piece: Piece, finished: int) -> None:
-        if finished:
-            for observer in self._observers:
-                observer.update(finished, self.tally)
+    def _emit(self, piece: Piece) -> None:
         if not self._ordered:
             self._out.append(piece)
             return
