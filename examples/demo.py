@@ -1,13 +1,18 @@
-"""taskfan in one minute: a real workload, a failure with its traceback, a retry, a report.
+"""taskfan in one minute: a real workload, a failure with its traceback, a retry, a report,
+and a worker process that dies without taking the run with it.
 
 The workload: 400 text documents (built from an embedded paragraph) are each compressed
 with zlib and their words counted. zlib releases the GIL while it compresses, so the
 thread backend runs them truly in parallel. Document 123 is corrupt (it is not UTF-8),
 and the "upload" step fails once for a few documents, then succeeds when retried.
+
+Then the checksums of the same documents are computed in worker processes, where one
+task kills its own worker (as a crashing C extension would): that task alone fails.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -23,6 +28,7 @@ should retry what failed by chance, and should stop at once when asked to."""
 
 CORRUPT = 123
 FLAKY = {7, 42, 99}
+CRASH = 250
 
 
 def make_documents(count: int) -> list[bytes]:
@@ -56,6 +62,28 @@ def analyse(number: int, raw: bytes, upload: FlakyUpload) -> dict[str, object]:
     return {"doc": number, "ratio": round(len(raw) / len(packed), 2), "top": top, "n": count}
 
 
+def checksum(number: int, raw: bytes) -> int:
+    if number == CRASH:
+        os._exit(139)  # what a segfaulting C library does to its process
+    return zlib.crc32(raw)
+
+
+def crash_proof(docs: list[bytes]) -> bool:
+    print("\nchecksums in worker processes; the task for document", CRASH, "kills its worker")
+    sums = taskfan.starmap(
+        checksum,
+        enumerate(docs),
+        backend="process",
+        errors="return",
+        progress=True,
+        desc="checksum",
+    )
+    crashed = [i for i, s in enumerate(sums) if isinstance(s, taskfan.WorkerCrashed)]
+    print(f"document {CRASH}: {sums[CRASH]}")
+    print(f"the other {len(sums) - len(crashed)} checksums came back; crashed: {crashed}")
+    return crashed == [CRASH] and sums[0] == zlib.crc32(docs[0])
+
+
 def main() -> int:
     docs = make_documents(400)
     upload = FlakyUpload()
@@ -87,6 +115,7 @@ def main() -> int:
         and retried == sorted(FLAKY)
         and results.report.ok == len(docs) - 1
     )
+    as_intended = crash_proof(docs) and as_intended
     print("\ndemo ran as intended" if as_intended else "\ndemo did NOT run as intended")
     return 0 if as_intended else 1
 
