@@ -390,16 +390,24 @@ def _crash_child(name: str) -> None:
     _say("end")
 
 
-def crash_resilience() -> Scenario:
-    """100 tasks on 2 processes, task 50 kills its worker: results that still come back."""
+def _each_contender(
+    measure: Callable[[str], tuple[float | None, str | None]],
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """``measure(name)`` for every contender that can run here: figures and notes."""
     figures: dict[str, float | None] = {}
     notes: dict[str, str] = {}
     for name in CONTENDERS:
         why = _missing(name)
-        if why is not None:
-            figures[name], notes[name] = None, why
-        else:
-            figures[name], notes[name] = _crash_one(name)
+        figure, note = (None, why) if why is not None else measure(name)
+        figures[name] = figure
+        if note:
+            notes[name] = note
+    return figures, notes
+
+
+def crash_resilience() -> Scenario:
+    """100 tasks on 2 processes, task 50 kills its worker: results that still come back."""
+    figures, notes = _each_contender(_crash_one)
     return Scenario(
         f"os._exit in 1 of {CRASH_TASKS} tasks, {WORKERS} processes: values back",
         "results",
@@ -409,7 +417,7 @@ def crash_resilience() -> Scenario:
     )
 
 
-def _crash_one(name: str) -> tuple[float, str]:
+def _crash_one(name: str) -> tuple[float | None, str | None]:
     with tempfile.TemporaryFile() as out:
         child = _spawn(["crash", name], out, subprocess.DEVNULL)
         try:
@@ -448,16 +456,7 @@ def _crash_summary(lines: list[list[str]], hung: bool, stray: int) -> tuple[floa
 
 def ctrl_c_exit() -> Scenario:
     """Ctrl+C while 2 processes sleep in tasks: time until the program is gone."""
-    figures: dict[str, float | None] = {}
-    notes: dict[str, str] = {}
-    for name in CONTENDERS:
-        why = _missing(name)
-        if why is not None:
-            figures[name], notes[name] = None, why
-            continue
-        figures[name], note = _ctrl_c_one(name)
-        if note:
-            notes[name] = note
+    figures, notes = _each_contender(_ctrl_c_one)
     return Scenario(
         f"Ctrl+C during {CTRL_C_TASKS} x sleep(1000), {WORKERS} processes: time to exit",
         "s",
