@@ -340,3 +340,12 @@ def make_slow_result(_: int) -> SlowToPickle:
 
 def test_sending_a_result_back_is_not_part_of_the_timeout() -> None:
     assert taskfan.map(make_slow_result, [0], timeout=1, **P) == [42]
+
+
+def die_at_start() -> None:
+    os._exit(5)
+
+
+def test_workers_that_die_at_start_end_the_run_instead_of_respawning() -> None:
+    with pytest.raises(WorkerCrashed, match="keep dying before they can run a task"):
+        taskfan.map(abs, range(10), initializer=die_at_start, **P)
