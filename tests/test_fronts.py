@@ -322,3 +322,16 @@ def test_a_retry_after_the_input_ran_out_still_runs(opts: dict[str, Any], backen
         results = runner.run()
     assert dict(results) == {i: i for i in range(100)}
     assert results.outcomes[99].attempts == 2
+
+
+def test_no_thread_is_left_when_the_call_returns(opts: dict[str, Any]) -> None:
+    import threading
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("taskfan")]
+
+    assert taskfan.map(square, range(5000), **opts) == [x * x for x in range(5000)]
+    assert ours() == []  # checked at once: nothing joined after the call returned
+    many = {**opts, "workers": 32 if opts["workers"] > 1 else 1}
+    taskfan.map(square, range(100), **many)
+    assert ours() == []
