@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -168,7 +167,3 @@ def memory(n: int = 2_000_000, skip: tuple[str, ...] = ()) -> Scenario:
         figures[name] = grown
         notes[name] = f"{elapsed:.1f} s"
     return Scenario(f"imap over {n:,} ints (RSS growth)", "MB", False, figures, notes)
-
-
-def main_json(argv: list[str]) -> None:  # pragma: no cover - manual use
-    print(json.dumps(memory(int(argv[0])).figures))

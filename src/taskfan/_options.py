@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 __all__ = ["BACKENDS", "Options", "Plan", "cpu_count", "make_options", "parse_rate", "plan"]
@@ -313,8 +313,3 @@ def _default_workers(backend: str) -> int:
     if backend == "process":
         return cpu_count()
     return min(32, cpu_count() + 4)
-
-
-def with_defaults(options: Options, **changes: Any) -> Options:
-    """A copy of ``options`` with ``changes`` applied (for fronts that fix an option)."""
-    return replace(options, **changes)

@@ -96,7 +96,7 @@ class LogObserver(Observer):
     """A line on the ``taskfan`` logger every ``every`` seconds, and one at the end."""
 
     def __init__(self, total: int | None, desc: str | None, every: float, clock: Clock) -> None:
-        self._total, self._label, self._every, self._clock = total, desc or "taskfan", every, clock
+        self._total, self._label, self._every = total, desc or "taskfan", every
         self._start = clock.now()
         self._next = self._start + every
 

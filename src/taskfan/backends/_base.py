@@ -198,11 +198,12 @@ def _marked_loop(
     for item in it:
         if not mark(len(out)):
             return False
-        append(_call_one(mode, fn, item))
+        append(call_one(mode, fn, item))
     return True
 
 
-def _call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
+def call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
+    """Call the task of ``item`` as ``mode`` says (see SINGLE, STAR, KWARGS, FULL)."""
     if mode == SINGLE:
         return fn(item)  # type: ignore[misc]
     if mode == STAR:

@@ -51,6 +51,7 @@ from ._worker import (
     READY,
     SLOT_FIELDS,
     STARTED,
+    STARTING,
     STATE,
     STOP,
     WorkerSpec,
@@ -450,7 +451,7 @@ class ProcessBackend(Backend):
         assert self._marks is not None
         slot = self._free.pop()
         base = slot * SLOT_FIELDS
-        for field, value in ((STATE, 0), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
+        for field, value in ((STATE, STARTING), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
             self._marks[base + field] = value
         context: Any = multiprocessing.get_context(start_method())
         conn, child_conn = context.Pipe(duplex=True)

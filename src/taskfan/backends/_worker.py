@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import TaskError
-from ._base import FULL, KWARGS, SINGLE, STAR, Failure, describe_failure
+from ._base import FULL, SINGLE, Failure, call_one, describe_failure
 
 __all__ = [
     "CALL",
@@ -242,21 +242,18 @@ class _Loop:
             if timed:
                 marks[started] = now()
             marks[index] = i
-            if mode == SINGLE:
-                append(fn(item))  # type: ignore[misc]
-            elif mode == STAR:
-                append(fn(*item))  # type: ignore[misc]
-            elif mode == KWARGS:
-                append(fn(**item))  # type: ignore[misc]
-            else:
-                f, args, kwargs = item
-                append(f(*args, **kwargs))
+            append(call_one(mode, fn, item))
 
 
 def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent."""
     tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+    ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
+    while (
+        tb is not None
+        and tb.tb_next is not None
+        and (os.path.dirname(tb.tb_frame.f_code.co_filename) == ours)
+    ):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(error), error, tb))
     blob: bytes | None
