@@ -43,6 +43,7 @@ from typing import Any
 
 from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
+from .._pickling import dumps_by_value
 from ._base import Backend, Call, Done, Failure, Setup, describe_failure
 from ._worker import (
     CALL_ID,
@@ -94,9 +95,7 @@ def dumps_callable(payload: Any, fn: Callable[..., Any]) -> bytes:
             return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             pass
-    import cloudpickle
-
-    return bytes(cloudpickle.dumps(payload))
+    return dumps_by_value(payload)
 
 
 def _importable(fn: Callable[..., Any]) -> bool:
@@ -310,15 +309,13 @@ class ProcessBackend(Backend):
             return pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             pass
-        import cloudpickle
-
         try:
-            return bytes(cloudpickle.dumps(body))
+            return dumps_by_value(body)
         except Exception:
             pass
         for index, item in enumerate(call.items):
             try:
-                cloudpickle.dumps(item)
+                dumps_by_value(item)
             except Exception as error:
                 return Done(call.id, [], None, (index, _unsendable_arguments(error)), "parent")
         return Done(call.id, [], None, (0, _unsendable_arguments(TypeError("unknown"))), "parent")

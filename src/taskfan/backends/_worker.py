@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import TaskError
+from .._pickling import dumps_by_value
 from ._base import FULL, SINGLE, Failure, call_one, describe_failure
 
 __all__ = [
@@ -274,17 +275,15 @@ def _encode_reply(
         return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
-    import cloudpickle
-
     for i, value in enumerate(values):
         if i in records:
             continue
         try:
-            cloudpickle.dumps(value)
+            dumps_by_value(value)
         except Exception as error:
             values[i] = None
             records[i] = _unsendable_result(error)
-    return bytes(cloudpickle.dumps(reply))
+    return dumps_by_value(reply)
 
 
 def _unsendable_result(error: Exception) -> ErrorRecord:
