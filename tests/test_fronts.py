@@ -138,22 +138,6 @@ def test_imap_report_counts_outcomes(opts: dict[str, Any]) -> None:
     assert "10 tasks: 9 ok, 1 failed" in str(report)
 
 
-def test_base_exceptions_in_workers_are_captured_not_lost(
-    opts: dict[str, Any], parallel: bool
-) -> None:
-    def exits(x: int) -> int:
-        if x == 2:
-            raise SystemExit(3)
-        return x
-
-    if parallel:
-        got = taskfan.map(exits, range(4), errors="return", **opts)
-        assert got[:2] == [0, 1] and got[3] == 3 and isinstance(got[2], SystemExit)
-    else:  # inline, sys.exit() exits, as in a plain loop
-        with pytest.raises(SystemExit):
-            taskfan.map(exits, range(4), errors="return", **opts)
-
-
 def test_a_failing_input_iterator_raises_its_own_error(opts: dict[str, Any]) -> None:
     def items() -> Any:
         yield 1

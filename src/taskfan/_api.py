@@ -7,7 +7,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._engine import Engine, Job, Piece
+from ._engine import Engine, Job, Piece, TaskRaisedStopIteration
 from ._options import Options, make_options, plan
 from ._outcome import Outcome, Report, Results
 from .backends._base import FULL, KWARGS, SINGLE, STAR
@@ -55,8 +55,12 @@ def _collect(
     opts = make_options(where, options)
     engine = _engine(fn, mode, items, opts, ordered=True)
     out: list[Any] = []
-    for piece in engine.run():
-        _extend(out, piece, opts.errors)
+    try:
+        for piece in engine.run():
+            _extend(out, piece, opts.errors)
+    except TaskRaisedStopIteration as carrier:
+        # A list is returned, not iterated: the task's StopIteration can be itself here.
+        raise carrier.error from carrier.error.__cause__
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._chunking import ChunkSizer
 from ._clock import Clock, SystemClock
-from ._errors import TaskTimeout
+from ._errors import TaskfanError, TaskTimeout
 from ._options import Options, Plan
 from ._outcome import Report
 from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
@@ -38,7 +38,7 @@ from .backends._base import (
     describe_failure,
 )
 
-__all__ = ["Engine", "Job", "Piece"]
+__all__ = ["Engine", "Job", "Piece", "TaskRaisedStopIteration"]
 
 logger = logging.getLogger("taskfan")
 
@@ -231,7 +231,9 @@ class Engine:
         self._fail_fast = False
         try:
             for done in self._backend.wait(0):
-                if done.call_id in self._inflight:
+                # A call cut short with nothing ended (Ctrl+C in its first item) leaves
+                # its tasks cancelled, not failed.
+                if done.call_id in self._inflight and (done.values or done.stopped):
                     self._finish(done)
         except Exception:
             logger.debug("could not collect late results", exc_info=True)
@@ -401,6 +403,8 @@ class Engine:
 
     def _finish(self, done: Done) -> None:
         span = self._inflight.pop(done.call_id)
+        if not done.values and done.stopped is None and span.items:
+            done.stopped = (0, _no_progress())  # never requeue what made no progress
         m = len(done.values)
         if m:
             self._sizer.observe(m, done.elapsed)
@@ -435,7 +439,7 @@ class Engine:
             tally.crashed += sum(f.status == "crashed" for f in final)
             if final and self._fail_fast:
                 tally.ok += len(piece.values) - len(failures)
-                raise final[0].error
+                raise _raisable(final[0].error)
         tally.ok += len(piece.values) - len(failures or ())
         for observer in self._observers:
             observer.update(len(piece.values) - len(retry), tally)
@@ -472,3 +476,33 @@ class Engine:
             self._pending.append(span)
         else:
             heapq.heappush(self._timers, (self.clock.now() + delay, next(self._ids), span))
+
+
+class TaskRaisedStopIteration(RuntimeError):
+    """Carries a task's StopIteration out of an iterator, which would otherwise end there.
+
+    Raised inside a generator, a StopIteration becomes a bare ``RuntimeError`` (PEP 479);
+    raised from ``next()``, it would end the caller's loop as if the results had run out.
+    ``map`` unwraps it and raises the task's own StopIteration; ``imap`` raises this.
+    """
+
+    def __init__(self, error: StopIteration) -> None:
+        super().__init__(
+            "a task raised StopIteration; it is this error's __cause__ (raised from an "
+            "iterator as itself, it would silently end the loop over the results)"
+        )
+        self.error = error
+        self.__cause__ = error
+
+
+def _raisable(error: BaseException) -> BaseException:
+    return TaskRaisedStopIteration(error) if isinstance(error, StopIteration) else error
+
+
+def _no_progress() -> Failure:
+    error = TaskfanError(
+        "the backend gave this call back without running any of its items; it fails "
+        "here, counted as an attempt, instead of being queued again forever (a bug in "
+        "taskfan: please report it)"
+    )
+    return describe_failure(error, "")

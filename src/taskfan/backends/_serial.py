@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from types import FrameType
 from typing import Any
 
-from ._base import Backend, Call, Done, Failure, Setup, run_items
+from ._base import Backend, Call, Done, Failure, Setup, capture, run_items
 
 __all__ = ["SerialBackend"]
 
@@ -13,7 +16,10 @@ __all__ = ["SerialBackend"]
 class SerialBackend(Backend):
     """No pool at all: ``submit`` runs the call at once; ``wait`` hands back its result.
 
-    Ctrl+C raises inside the running task, like in a plain loop.
+    A task's exception is its result, whatever its type, as on every other backend: a
+    task that raises ``KeyboardInterrupt`` or ``SystemExit`` itself fails like any other.
+    A real Ctrl+C is told apart by the SIGINT handler installed for the run, and stops
+    the run as in a plain loop.
     """
 
     name = "serial"
@@ -22,22 +28,45 @@ class SerialBackend(Backend):
     def __init__(self, workers: int, clock: Any) -> None:
         super().__init__(workers, clock)
         self._done: list[Done] = []
+        self._interrupted = False
+        self._previous: Any = None
+        self._broken: Failure | None = None
 
     def start(self, setup: Setup) -> None:
+        self._watch_ctrl_c()
         if setup.initializer is not None:
-            setup.initializer(*setup.initargs)
+            try:
+                setup.initializer(*setup.initargs)
+            except BaseException as error:
+                self._reraise_ctrl_c(error)
+                self._broken = capture(error)  # reported on every task, as elsewhere
+                self._broken.retry = False
 
     def submit(self, call: Call) -> None:
         out: list[Any] = []
         errors: dict[int, Failure] = {}
         started, t0 = time.time(), time.perf_counter()
         try:
-            run_items(call, out, errors)
+            if self._broken is not None:
+                out.extend([None] * len(call.items))
+                errors.update(dict.fromkeys(range(len(call.items)), self._broken))
+            else:
+                self._run(call, out, errors)
         finally:
             # Also on Ctrl+C inside a task: the items before it did end, and keep their
             # results (the engine collects them on its way out).
             elapsed = time.perf_counter() - t0
             self._done.append(Done(call.id, out, errors or None, None, "main", started, elapsed))
+
+    def _run(self, call: Call, out: list[Any], errors: dict[int, Failure]) -> None:
+        run_items(call, out, errors, catch=BaseException, passthrough=self._is_ctrl_c)
+
+    def _is_ctrl_c(self, error: BaseException) -> bool:
+        return isinstance(error, KeyboardInterrupt) and self._interrupted
+
+    def _reraise_ctrl_c(self, error: BaseException) -> None:
+        if self._is_ctrl_c(error):
+            raise error
 
     def wait(self, timeout: float | None) -> list[Done]:
         done, self._done = self._done, []
@@ -45,3 +74,21 @@ class SerialBackend(Backend):
 
     def close(self, cancel: bool) -> None:
         self._done = []
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
+
+    # --- telling a real Ctrl+C from a task's own KeyboardInterrupt ------------------------
+
+    def _watch_ctrl_c(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread gets Ctrl+C: any KeyboardInterrupt is a task's
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            return  # SIGINT ignored or default: Python raises no KeyboardInterrupt for it
+        self._previous = previous
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self._interrupted = True
+        self._previous(signum, frame)

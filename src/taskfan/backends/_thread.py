@@ -224,7 +224,9 @@ class ThreadBackend(Backend):
         try:
             self._initializer(*self._initargs)
         except BaseException as error:  # reported on every task instead
-            return capture(error)
+            failure = capture(error)
+            failure.retry = False  # as in a process: another attempt meets the same worker
+            return failure
         return None
 
     def _run_timed(self, call: Call, slot: _Slot) -> Done | None:

@@ -1,0 +1,82 @@
+"""Regression tests for the ways a run used to go wrong: each runs on every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import taskfan
+from taskfan._engine import TaskRaisedStopIteration
+
+
+def _next_of_empty(x: int) -> int:
+    if x == 1:
+        return next(iter([]))  # type: ignore[no-any-return]
+    return x
+
+
+@pytest.mark.timeout(20)
+def test_stopiteration_fails_only_its_task(opts: dict[str, Any]) -> None:
+    got = taskfan.map(_next_of_empty, range(5), errors="return", **opts)
+    assert got[:1] + got[2:] == [0, 2, 3, 4]
+    assert type(got[1]) is StopIteration
+    assert isinstance(got[1].__cause__, taskfan.TaskTraceback)
+    assert "_next_of_empty" in got[1].__cause__.text
+
+
+@pytest.mark.timeout(20)
+def test_stopiteration_is_raised_as_itself_by_map(opts: dict[str, Any]) -> None:
+    with pytest.raises(StopIteration) as caught:
+        taskfan.map(lambda x: next(iter([])), range(3), **opts)
+    assert type(caught.value) is StopIteration
+
+
+@pytest.mark.timeout(20)
+def test_stopiteration_does_not_silently_end_an_imap_loop(opts: dict[str, Any]) -> None:
+    with pytest.raises(TaskRaisedStopIteration) as caught:
+        for _ in taskfan.imap(_next_of_empty, range(5), **opts):
+            pass
+    assert isinstance(caught.value, RuntimeError)
+    assert type(caught.value.__cause__) is StopIteration
+
+
+@pytest.mark.timeout(20)
+def test_stopasynciteration_fails_only_its_task(opts: dict[str, Any]) -> None:
+    def task(x: int) -> int:
+        if x == 2:
+            raise StopAsyncIteration("done early")
+        return x
+
+    got = taskfan.map(task, range(4), errors="return", **opts)
+    assert got[:2] + got[3:] == [0, 1, 3]
+    assert type(got[2]) is StopAsyncIteration
+
+
+class _Own(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit, _Own])
+def test_a_task_raising_a_base_exception_is_returned_in_place(
+    opts: dict[str, Any], kind: type[BaseException]
+) -> None:
+    def task(x: int) -> int:
+        if x == 2:
+            raise kind("the task's own")
+        return x
+
+    got = taskfan.map(task, range(4), errors="return", **opts)
+    assert got[:2] + got[3:] == [0, 1, 3]
+    assert type(got[2]) is kind
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_workers_1_has_the_semantics_of_every_backend(kind: type[BaseException]) -> None:
+    def task(x: int) -> int:
+        if x == 1:
+            raise kind("own")
+        return x
+
+    got = taskfan.map(task, range(3), workers=1, errors="return", progress=False)
+    assert got[0] == 0 and got[2] == 2 and type(got[1]) is kind
