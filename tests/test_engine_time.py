@@ -115,3 +115,29 @@ def test_log_progress_emits_a_line_per_period(caplog: pytest.LogCaptureFixture) 
     assert any(line.startswith("job: ") and "/12 done" in line for line in lines)
     assert lines[-1].startswith("job: 12 tasks: 12 ok")
     assert 2 <= len(lines) - 1 <= 3  # about one line per 5 s of a 12 s run
+
+
+@pytest.mark.parametrize("items", [[1], iter([1])], ids=["list", "iterator"])
+def test_a_rate_adds_no_wait_after_the_last_task(items: Any) -> None:
+    clock = MockClock()
+    engine = Engine(
+        Job(abs, SINGLE, items, None),
+        make_options("test", {"backend": "serial", "progress": False, "rate": "1/min"}),
+        plan(make_options("test", {"backend": "serial"}), abs),
+        clock=clock,
+    )
+    assert [p.values for p in engine.run()] == [[1]]
+    assert sum(clock.sleeps) == 0  # one task: nothing to space out
+
+
+def test_a_rate_spaces_starts_and_stops_with_the_input() -> None:
+    clock = MockClock()
+    starts: list[float] = []
+
+    def task(x: int) -> int:
+        starts.append(clock.now())
+        return x
+
+    run(task, list(range(3)), clock, rate="2/s")
+    assert [s - starts[0] for s in starts] == pytest.approx([0.0, 0.5, 1.0])
+    assert sum(clock.sleeps) == pytest.approx(1.0)  # no slot waited for after the last

@@ -28,7 +28,6 @@ BAD = [
     ({"window": -5}, ValueError, "window must be 'auto' or an integer >= 1"),
     ({"initializer": 5}, ValueError, "initializer must be a callable"),
     ({"initargs": (1,)}, ValueError, "initargs= was given without initializer="),
-    ({"rerun": "some"}, ValueError, "rerun must be one of 'failed', 'missing', 'all'"),
     ({"backend": "serial", "workers": 4}, ValueError, "backend='serial' runs one task"),
     ({"backend": "serial", "timeout": 1}, ValueError, "timeout= cannot stop a task"),
     ({"backend": "thread", "max_tasks_per_worker": 5}, ValueError, "needs backend='process'"),
@@ -91,3 +90,50 @@ def test_workers_one_runs_inline_in_the_calling_thread() -> None:
     )
     others = taskfan.map(lambda _: threading.get_ident(), range(5), workers=1, timeout=30)
     assert main not in others  # a timeout needs a thread that can be abandoned
+
+
+@pytest.mark.parametrize("rate", ["5/ms", "5/m", "5/day", "5/", "fast"])
+def test_a_rate_unit_it_does_not_know_is_refused(rate: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        taskfan.map(abs, [1], rate=rate)
+
+
+@pytest.mark.parametrize(
+    ("rate", "per_second"),
+    [("10/s", 10.0), ("120/min", 2.0), ("3600/h", 1.0), ("30/minutes", 0.5), ("2/sec", 2.0)],
+)
+def test_rate_units(rate: str, per_second: float) -> None:
+    from taskfan._options import parse_rate
+
+    assert parse_rate(rate) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"key": len}, {"rerun": "all"}, {"rerun": "failed"}, {"journal": "run.db"}],
+    ids=["key", "rerun-all", "rerun-failed", "journal"],
+)
+def test_options_of_the_journal_are_refused_until_it_exists(given: dict[str, Any]) -> None:
+    ran: list[int] = []
+    with pytest.raises(NotImplementedError, match="not available in this version"):
+        taskfan.map(ran.append, [1, 2], **given)
+    assert ran == []
+
+
+@pytest.mark.parametrize("ordered", ["yes", 1, None])
+def test_imap_ordered_must_be_a_boolean(ordered: Any) -> None:
+    with pytest.raises(ValueError, match="ordered must be True or False"):
+        taskfan.imap(abs, [1], ordered=ordered)
+
+
+@pytest.mark.parametrize(
+    ("front", "says"),
+    [
+        (lambda: taskfan.Runner(errors="return"), r"\.raise_for_errors\(\)"),
+        (lambda: taskfan.Parallelized(abs, [], errors="return"), r"\(kwargs, result, error\)"),
+    ],
+    ids=["Runner", "Parallelized"],
+)
+def test_refusing_errors_says_what_the_front_does_instead(front: Any, says: str) -> None:
+    with pytest.raises(TypeError, match=says):
+        front()

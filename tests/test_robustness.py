@@ -80,3 +80,50 @@ def test_workers_1_has_the_semantics_of_every_backend(kind: type[BaseException])
 
     got = taskfan.map(task, range(3), workers=1, errors="return", progress=False)
     assert got[0] == 0 and got[2] == 2 and type(got[1]) is kind
+
+
+class _BrokenInput:
+    """Yields ``good`` items, then raises; counts what was taken."""
+
+    def __init__(self, good: int) -> None:
+        self.good, self.taken = good, 0
+
+    def __iter__(self) -> Any:
+        for i in range(self.good):
+            self.taken += 1
+            yield i
+        raise OSError("input broke")
+
+
+@pytest.mark.timeout(30)
+def test_imap_yields_every_task_taken_before_the_input_failed(opts: dict[str, Any]) -> None:
+    source = _BrokenInput(50)
+    it = taskfan.imap(lambda x: x * 2, source, **opts)
+    got: list[int] = []
+    with pytest.raises(OSError, match="input broke"):
+        got.extend(it)  # extend keeps what came before the error
+    assert got == [x * 2 for x in range(50)]
+    report = it.report
+    assert (report.total, report.ok, report.failed, report.cancelled) == (50, 50, 0, 0)
+
+
+@pytest.mark.timeout(30)
+def test_map_says_how_many_tasks_ended_before_the_input_failed(opts: dict[str, Any]) -> None:
+    source = _BrokenInput(20)
+    with pytest.raises(OSError, match="input broke") as caught:
+        taskfan.map(lambda x: x, source, **opts)
+    assert any("20 items" in note and "20 ok" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.timeout(30)
+def test_parallelized_yields_what_ended_then_raises_the_input_error(opts: dict[str, Any]) -> None:
+    def jobs() -> Any:
+        yield {"x": 1}
+        yield {"x": 2}
+        yield "not a mapping"
+
+    seen: list[tuple[Any, ...]] = []
+    run = taskfan.Parallelized(lambda x: x, jobs(), **opts)
+    with run, pytest.raises(TypeError, match="item 2"):
+        seen.extend((kwargs["x"], result, error) for kwargs, result, error in run)
+    assert sorted(seen) == [(1, 1, None), (2, 2, None)]

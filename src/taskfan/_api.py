@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._engine import Engine, Job, Piece, TaskRaisedStopIteration
-from ._options import Options, make_options, plan
+from ._options import Options, check_flag, make_options, plan
 from ._outcome import Outcome, Report, Results
 from .backends._base import FULL, KWARGS, SINGLE, STAR
 
@@ -43,6 +43,7 @@ def imap(
     a ``report``; breaking out of the loop (or dropping the iterator) cancels the rest.
     """
     _check_fn("imap", fn)
+    check_flag("ordered", ordered)
     opts = make_options("imap", options)
     engine = _engine(fn, SINGLE, items, opts, ordered=ordered)
     return ResultIterator(engine, opts.errors)

@@ -165,6 +165,7 @@ class Engine:
         self._out: deque[Piece] = deque()
         self._emitted = 0
         self._exhausted = False
+        self._input_error: Exception | None = None
         self._observers: list[Observer] = []
         self._opened = self._closed = self._complete = False
         self._t0 = self._t1 = 0.0
@@ -206,9 +207,20 @@ class Engine:
                 if self._drained():
                     break
                 self._step()
-            self._complete = True
+            self._complete = True  # every task taken ended, even if the input failed
+            if self._input_error is not None:
+                raise self._input_failed()
         finally:
             self.close()
+
+    def _input_failed(self) -> BaseException:
+        error, t = self._input_error, self.tally
+        assert error is not None
+        error.add_note(
+            f"taskfan: the input raised this after {t.pulled} items were taken from it; "
+            f"their tasks all ended first ({t.ok} ok, {t.failed} failed)"
+        )
+        return error
 
     def close(self) -> None:
         """Stop: cancel what has not ended, release the workers, close the observers."""
@@ -314,6 +326,8 @@ class Engine:
             return None
         span = Span(self.tally.pulled, items)
         self.tally.pulled += len(items)
+        if self._sequence is not None and self.tally.pulled >= len(self._sequence):
+            self._exhausted = True  # known now, not one call (and rate slot) later
         return span
 
     def _take(self, size: int) -> Sequence[Any]:
@@ -321,7 +335,19 @@ class Engine:
             # Slicing a list is a copy of pointers; slicing a range creates nothing.
             start = self.tally.pulled
             return self._sequence[start : start + size]
-        return list(itertools.islice(self._source, size))
+        items: list[Any] = []
+        try:
+            # extend keeps what it appended before the input raised: those items count.
+            items.extend(itertools.islice(self._source, size))
+        except Exception as error:
+            # The tasks already taken still run and are handed back; the input's error
+            # is raised once they have all ended.
+            self._input_error = error
+            self._exhausted = True
+        except BaseException:
+            self.tally.pulled += len(items)  # counted, as cancelled
+            raise
+        return items
 
     def _remaining(self) -> int | None:
         total = self._job.total
@@ -350,6 +376,8 @@ class Engine:
         if self._inflight:
             done = self._backend.wait(timeout)
         else:
+            if timeout is None and self._drained():
+                return  # looking for work (a rate limit's peek) found the input's end
             if timeout is None:
                 raise RuntimeError("taskfan engine: nothing to wait for (this is a bug)")
             self.clock.sleep(timeout)
@@ -383,7 +411,20 @@ class Engine:
         return None if wake == math.inf else max(0.0, wake - now)
 
     def _has_work(self) -> bool:
-        return bool(self._pending) or not self._exhausted
+        """Is there a task to start when the next rate slot opens?
+
+        Asked only with a rate limit: rather than wake a whole interval later to find
+        the input empty, take the next item now (it goes out at that slot).
+        """
+        if self._pending:
+            return True
+        if self._exhausted:
+            return False
+        span = self._next_span(self._window(), 1)
+        if span is not None:
+            self._pending.append(span)
+            return True
+        return not self._exhausted
 
     def _next_deadline(self, now: float, timeout: float) -> float:
         # An item that starts after this moment cannot expire before now + timeout.

@@ -18,13 +18,12 @@ __all__ = ["BACKENDS", "Options", "Plan", "cpu_count", "make_options", "parse_ra
 
 BACKENDS = ("auto", "serial", "thread", "process", "async", "dask")
 _ERRORS = ("raise", "return", "skip")
-_RERUN = ("failed", "missing", "all")
 _RATE_UNITS = {
-    "s": 1.0, "sec": 1.0, "second": 1.0,
-    "m": 60.0, "min": 60.0, "minute": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
 }  # fmt: skip
-_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+?)s?\s*$")
+_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+)\s*$")
 
 ProgressMode = bool | None | Literal["log"]
 
@@ -68,7 +67,8 @@ def make_options(where: str, given: Mapping[str, Any], *, exclude: tuple[str, ..
     values: dict[str, Any] = {}
     for name, value in given.items():
         if name in exclude:
-            raise TypeError(f"{where}() does not take the option {name}=: {_EXCLUDED_WHY[name]}")
+            why = _EXCLUDED_WHY.get((where, name)) or _EXCLUDED_WHY[("", name)]
+            raise TypeError(f"{where}() does not take the option {name}=: {why}")
         check = _CHECKS.get(name)
         if check is None:
             raise TypeError(_unknown(where, name))
@@ -85,8 +85,14 @@ def _unknown(where: str, name: str) -> str:
 
 
 _EXCLUDED_WHY = {
-    "errors": "failures are returned with the results; call .raise_for_errors() to raise them",
-    "key": "keys are given with each task",
+    ("Runner", "errors"): (
+        "failures are returned with the results; call .raise_for_errors() on them to raise"
+    ),
+    ("Parallelized", "errors"): (
+        "each failure comes as the error of its (kwargs, result, error) triple"
+    ),
+    ("", "errors"): "failures are returned with the results",
+    ("", "key"): "keys are given with each task",
 }
 
 
@@ -155,7 +161,12 @@ def parse_rate(value: Any) -> float | None:
         return float(value)
     if isinstance(value, str):
         match = _RATE_RE.match(value.lower())
-        if match and match.group(2) in _RATE_UNITS and float(match.group(1)) > 0:
+        if match and match.group(2) not in _RATE_UNITS:
+            raise ValueError(
+                f"rate {value!r}: unknown unit {match.group(2)!r}; use s, min or h "
+                "(like '10/s', '120/min', '1000/h')"
+            )
+        if match and float(match.group(1)) > 0:
             return float(match.group(1)) / _RATE_UNITS[match.group(2)]
     raise ValueError(
         f"rate must be a positive number of task starts per second or a string "
@@ -217,6 +228,26 @@ def _check_journal(value: Any) -> str | None:
     raise ValueError(f"journal must be a file path or None, got {value!r}")
 
 
+def _journal_only(name: str, default: Any) -> Callable[[Any], Any]:
+    # Options that only mean something with a journal: refused rather than ignored.
+    def check(value: Any) -> Any:
+        if value is None:
+            return default
+        raise NotImplementedError(
+            f"{name}= works with journal=, which is not available in this version of "
+            f"taskfan yet; leave {name}= out"
+        )
+
+    return check
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A boolean option: True or False, nothing that merely looks true."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "workers": _int_at_least("workers", 1, optional=True),
     "backend": _choice("backend", BACKENDS),
@@ -236,8 +267,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "initargs": _check_initargs,
     "max_tasks_per_worker": _int_at_least("max_tasks_per_worker", 1, optional=True),
     "journal": _check_journal,
-    "rerun": _choice("rerun", _RERUN),
-    "key": _check_callable("key"),
+    "rerun": _journal_only("rerun", "failed"),
+    "key": _journal_only("key", None),
     "address": lambda value: value,
 }
 

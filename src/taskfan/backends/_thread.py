@@ -153,9 +153,11 @@ class ThreadBackend(Backend):
             self._closing = True
             while True:
                 try:
-                    self._inbox.get_nowait()
+                    dropped = self._inbox.get_nowait()
                 except Empty:
                     break
+                if dropped is None:
+                    self._stops_sent -= 1  # a stop sent earlier: its thread still waits
         self._send_stops(self._live())
         if not cancel:
             starter = self._starter
