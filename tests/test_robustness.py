@@ -127,3 +127,42 @@ def test_parallelized_yields_what_ended_then_raises_the_input_error(opts: dict[s
     with run, pytest.raises(TypeError, match="item 2"):
         seen.extend((kwargs["x"], result, error) for kwargs, result, error in run)
     assert sorted(seen) == [(1, 1, None), (2, 2, None)]
+
+
+def _cannot_rebuild() -> None:
+    raise ValueError("cannot be rebuilt here")
+
+
+class _PicklesButWillNotUnpickle:
+    """Pickles fine; unpickling it raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_cannot_rebuild, ())
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _bad_result_at_777(x: int) -> Any:
+    return _PicklesButWillNotUnpickle() if x == 777 else x
+
+
+@pytest.mark.timeout(30)
+def test_an_argument_that_cannot_be_rebuilt_fails_only_its_task() -> None:
+    items: list[Any] = list(range(20))
+    items[7] = _PicklesButWillNotUnpickle()
+    got = taskfan.map(_identity, items, backend="process", workers=2, chunksize=8, errors="return")
+    assert [g for i, g in enumerate(got) if i != 7] == [i for i in range(20) if i != 7]
+    assert isinstance(got[7], ValueError) and "cannot be rebuilt" in str(got[7])
+
+
+@pytest.mark.timeout(30)
+def test_a_result_that_cannot_be_rebuilt_fails_only_its_task() -> None:
+    got = taskfan.map(
+        _bad_result_at_777, range(5000), backend="process", workers=2, errors="return"
+    )
+    failed = [i for i, g in enumerate(got) if isinstance(g, BaseException)]
+    assert failed == [777]
+    assert isinstance(got[777], TypeError) and "could not be rebuilt" in str(got[777])
+    assert got[:777] + got[778:] == [i for i in range(5000) if i != 777]

@@ -49,15 +49,19 @@ from ._worker import (
     CALL_ID,
     FUNCTION,
     INDEX,
+    ONE_BY_ONE,
     READY,
+    SEPARATE,
     SLOT_FIELDS,
     STARTED,
     STARTING,
     STATE,
     STOP,
+    TIMED,
     WorkerSpec,
     call_header,
     decode_reply,
+    unrebuildable_result,
     worker_main,
 )
 
@@ -116,11 +120,16 @@ def _single_threaded() -> bool:
 class _Sent:
     """A call on its way to (or held by) a worker: the call and its encoded body."""
 
-    __slots__ = ("body", "call", "fn_id", "limit")
+    __slots__ = ("body", "call", "flags", "fn_id", "limit")
 
-    def __init__(self, call: Call, body: bytes, fn_id: int) -> None:
-        self.call, self.body, self.fn_id = call, body, fn_id
+    def __init__(self, call: Call, body: bytes, fn_id: int, flags: int) -> None:
+        self.call, self.body, self.fn_id, self.flags = call, body, fn_id, flags
         self.limit: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Items the worker is asked to run."""
+        return len(self.call.items) if self.limit is None else self.limit
 
 
 class _Worker:
@@ -199,11 +208,12 @@ class ProcessBackend(Backend):
 
     def submit(self, call: Call) -> None:
         fn_id = self._function_id(call.fn) if call.fn is not None else -1
-        body = self._encode(call, fn_id)
+        flags = TIMED if call.timed else 0
+        body = self._encode(call, fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)
             return
-        self._queue.append(_Sent(call, body, fn_id))
+        self._queue.append(_Sent(call, body, fn_id, flags))
         self._staff()
         self._assign()
 
@@ -303,8 +313,11 @@ class ProcessBackend(Backend):
         self._fn_blobs[fn_id] = FUNCTION + fn_id.to_bytes(8, "little", signed=True) + blob
         return fn_id
 
-    def _encode(self, call: Call, fn_id: int) -> bytes | Done:
-        body = (fn_id, call.mode, call.items, call.timed)
+    def _encode(self, call: Call, fn_id: int, flags: int) -> bytes | Done:
+        items: Any = call.items
+        if flags & ONE_BY_ONE:
+            items = [_dumps_item(item) for item in items]
+        body = (fn_id, call.mode, items, flags)
         try:
             return pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
@@ -378,25 +391,34 @@ class ProcessBackend(Backend):
     def _on_reply(self, worker: _Worker, sent: _Sent, message: bytes) -> None:
         self._startup_deaths = 0
         try:
-            call_id, values, failures, started, elapsed = decode_reply(message)
+            call_id, values, failures, started, elapsed = decode_reply(
+                message, bool(sent.flags & SEPARATE)
+            )
         except Exception as error:
-            count = len(sent.call.items) if sent.limit is None else sent.limit
-            failure = describe_failure(
-                TypeError(f"the results could not be rebuilt in the calling process: {error}"),
-                _format(error),
-            )
-            failure.retry = False
-            self._ready.append(
-                Done(
-                    sent.call.id,
-                    [None] * count,
-                    dict.fromkeys(range(count), failure),
-                    None,
-                    worker.name,
-                )
-            )
+            # A result that cannot be rebuilt here spoils the pickle of the whole reply.
+            if sent.count > 1:
+                self._again(sent, SEPARATE)  # run again, each result pickled on its own
+                return
+            failure = unrebuildable_result(error)
+            self._ready.append(Done(sent.call.id, [None], {0: failure}, None, worker.name))
             return
+        if values is None:  # the worker could not rebuild the arguments
+            worker.items -= sent.count  # it ran none of them
+            if len(sent.call.items) > 1:
+                self._again(sent, ONE_BY_ONE)  # only the bad item will fail
+                return
+            assert failures is not None
+            values, failures = [None], {0: failures[0]}
         self._ready.append(Done(call_id, values, failures, None, worker.name, started, elapsed))
+
+    def _again(self, sent: _Sent, flag: int) -> None:
+        """Send ``sent`` again, first, with its items or results pickled one by one."""
+        flags = sent.flags | flag
+        body = self._encode(sent.call, sent.fn_id, flags)
+        if isinstance(body, Done):
+            self._ready.append(body)
+        else:
+            self._queue.appendleft(_Sent(sent.call, body, sent.fn_id, flags))
 
     def _on_exit(self, worker: _Worker) -> None:
         self._drain(worker)
@@ -539,6 +561,13 @@ def _cannot_send(what: str, obj: object, error: Exception) -> str:
         "connections and clients inside the task (or in an initializer=) instead of "
         "capturing them, or use backend='thread'"
     )
+
+
+def _dumps_item(item: Any) -> bytes:
+    try:
+        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return dumps_by_value(item)
 
 
 def _unsendable_arguments(error: Exception) -> Failure:

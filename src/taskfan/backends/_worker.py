@@ -28,21 +28,32 @@ from typing import Any
 
 from .._errors import TaskError
 from .._pickling import dumps_by_value
-from ._base import FULL, SINGLE, Failure, call_one, describe_failure
+from ._base import SINGLE, Failure, call_one, describe_failure
 
 __all__ = [
     "CALL",
     "FUNCTION",
+    "ONE_BY_ONE",
+    "SEPARATE",
     "SLOT_FIELDS",
     "STOP",
+    "TIMED",
     "WorkerSpec",
     "call_header",
     "decode_reply",
+    "unrebuildable_result",
     "worker_main",
 ]
 
 FUNCTION, CALL, STOP = b"F", b"C", b"S"
 HEADER = 17  # kind, call id, item limit
+
+# Flags of a call's body. A body is one pickle of (function id, mode, items, flags):
+# the fast way for tiny tasks. When one bad payload spoils that pickle, the parent sends
+# the call again item by item, so that only the bad item fails.
+TIMED = 1  # publish each item's start time, for timeouts
+ONE_BY_ONE = 2  # items are pickled one by one: an item that cannot be rebuilt fails alone
+SEPARATE = 4  # results are pickled one by one: one that cannot be rebuilt fails alone
 
 # One slot per worker in a shared int64 array: these fields, in this order.
 SLOT_FIELDS = 4
@@ -67,11 +78,37 @@ def call_header(call_id: int, limit: int | None) -> bytes:
 # --- parent side ---------------------------------------------------------------------------
 
 
-def decode_reply(message: bytes) -> tuple[int, list[Any], dict[int, Failure] | None, float, float]:
-    """``(call id, values, failures, started, elapsed)`` from a worker's reply."""
+def decode_reply(
+    message: bytes, separate: bool
+) -> tuple[int, list[Any] | None, dict[int, Failure] | None, float, float]:
+    """``(call id, values, failures, started, elapsed)`` from a worker's reply.
+
+    ``values`` is None when the worker could not rebuild the call's arguments (the
+    failure is then under 0). With ``separate``, each value was pickled on its own, and
+    one that cannot be rebuilt here fails alone.
+    """
     call_id, values, records, started, elapsed = pickle.loads(message)
     failures = {i: _failure(record) for i, record in records.items()} if records else None
+    if separate and values is not None:
+        failures = failures or {}
+        for i, blob in enumerate(values):
+            if i not in failures:
+                try:
+                    values[i] = pickle.loads(blob)
+                except Exception as error:
+                    values[i] = None
+                    failures[i] = unrebuildable_result(error)
+        failures = failures or None
     return call_id, values, failures, started, elapsed
+
+
+def unrebuildable_result(error: Exception) -> Failure:
+    failure = describe_failure(
+        TypeError(f"the task's result could not be rebuilt in the calling process: {error}"),
+        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )
+    failure.retry = False
+    return failure
 
 
 def _failure(record: ErrorRecord) -> Failure:
@@ -186,10 +223,12 @@ class _Loop:
         t0 = time.perf_counter()
         broken = self.broken
         try:
-            fn_id, mode, items, timed = pickle.loads(message[HEADER:])
-        except BaseException as error:  # the arguments cannot be rebuilt here
-            fn_id, mode, items, timed = -1, FULL, [None], False
-            broken = _record(error, retry=False)
+            fn_id, mode, items, flags = pickle.loads(message[HEADER:])
+        except BaseException as error:  # some argument cannot be rebuilt here
+            # Which one is not known: the parent sends the items again one by one.
+            record = _record(error, retry=False)
+            self.conn.send_bytes(_encode_reply(call_id, None, {0: record}, started, 0.0, flags=0))
+            return 0
         fn = self.functions.get(fn_id)
         if isinstance(fn, tuple):
             broken = fn
@@ -198,16 +237,16 @@ class _Loop:
             values: list[Any] = [None] * n
             records = dict.fromkeys(range(n), broken)
         else:
-            values, records = self._run(fn, mode, itertools.islice(items, n), timed)
+            values, records = self._run(fn, mode, itertools.islice(items, n), flags)
         # Nothing runs any more: pickling a large reply, or waiting for the parent to
         # read it, must not look like a late item to the parent's deadline check.
         self.marks[self.base + INDEX] = -1
         elapsed = time.perf_counter() - t0
-        self.conn.send_bytes(_encode_reply(call_id, values, records, started, elapsed))
+        self.conn.send_bytes(_encode_reply(call_id, values, records, started, elapsed, flags=flags))
         return n
 
     def _run(
-        self, fn: Callable[..., Any] | None, mode: int, items: Iterator[Any], timed: bool
+        self, fn: Callable[..., Any] | None, mode: int, items: Iterator[Any], flags: int
     ) -> tuple[list[Any], dict[int, ErrorRecord]]:
         """Run items in order; an exception fails only its item and the loop goes on."""
         out: list[Any] = []
@@ -215,15 +254,18 @@ class _Loop:
         marks, index = self.marks, self.base + INDEX
         while True:
             try:
-                if mode == SINGLE and not timed:
+                if mode == SINGLE and not flags & (TIMED | ONE_BY_ONE):
                     assert fn is not None
                     append = out.append
                     for i, item in enumerate(items, len(out)):
                         marks[index] = i
                         append(fn(item))
                 else:
-                    self._run_general(fn, mode, items, out, timed)
+                    self._run_general(fn, mode, items, out, flags)
                 return out, records
+            except _BadArgument as bad:
+                records[len(out)] = _record(bad.error, retry=False)
+                out.append(None)
             except BaseException as error:  # a worker reports everything and carries on
                 records[len(out)] = _record(error)
                 out.append(None)
@@ -234,16 +276,32 @@ class _Loop:
         mode: int,
         items: Iterator[Any],
         out: list[Any],
-        timed: bool,
+        flags: int,
     ) -> None:
         append = out.append
         marks, index, started = self.marks, self.base + INDEX, self.base + STARTED
         now = time.monotonic_ns
+        timed, decode = flags & TIMED, flags & ONE_BY_ONE
         for i, item in enumerate(items, len(out)):
             if timed:
                 marks[started] = now()
             marks[index] = i
-            append(call_one(mode, fn, item))
+            append(call_one(mode, fn, _rebuild(item) if decode else item))
+
+
+class _BadArgument(Exception):
+    """An item's arguments could not be rebuilt in the worker: that item fails alone."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _rebuild(blob: bytes) -> Any:
+    try:
+        return pickle.loads(blob)
+    except BaseException as error:
+        raise _BadArgument(error) from error
 
 
 def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
@@ -268,13 +326,22 @@ def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
 
 
 def _encode_reply(
-    call_id: int, values: list[Any], records: dict[int, ErrorRecord], started: float, elapsed: float
+    call_id: int,
+    values: list[Any] | None,
+    records: dict[int, ErrorRecord],
+    started: float,
+    elapsed: float,
+    *,
+    flags: int,
 ) -> bytes:
+    if values is not None and flags & SEPARATE:
+        values = _each_pickled(values, records)
     reply = (call_id, values, records, started, elapsed)
     try:
         return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
+    assert values is not None  # the other replies hold plain data only
     for i, value in enumerate(values):
         if i in records:
             continue
@@ -284,6 +351,22 @@ def _encode_reply(
             values[i] = None
             records[i] = _unsendable_result(error)
     return dumps_by_value(reply)
+
+
+def _each_pickled(values: list[Any], records: dict[int, ErrorRecord]) -> list[Any]:
+    blobs: list[Any] = []
+    for i, value in enumerate(values):
+        blob = None
+        if i not in records:
+            try:
+                blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                try:
+                    blob = dumps_by_value(value)
+                except Exception as error:
+                    records[i] = _unsendable_result(error)
+        blobs.append(blob)
+    return blobs
 
 
 def _unsendable_result(error: Exception) -> ErrorRecord:
