@@ -25,6 +25,7 @@ from typing import Any
 from ._chunking import ChunkSizer
 from ._clock import Clock, SystemClock
 from ._errors import TaskfanError, TaskTimeout
+from ._interrupts import ctrl_c_deferred
 from ._options import Options, Plan
 from ._outcome import Report
 from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
@@ -226,17 +227,18 @@ class Engine:
         """Stop: cancel what has not ended, release the workers, close the observers."""
         if self._closed:
             return
-        self._closed = True
-        self._t1 = self.clock.now()
-        try:
-            if self._opened and not self._complete:
-                self._salvage()
-            if self._opened:
-                self._backend.close(cancel=not self._complete)
-        finally:
-            report = self.report
-            for observer in self._observers:
-                observer.close(report)
+        with ctrl_c_deferred():
+            self._closed = True
+            self._t1 = self.clock.now()
+            try:
+                if self._opened and not self._complete:
+                    self._salvage()
+                if self._opened:
+                    self._backend.close(cancel=not self._complete)
+            finally:
+                report = self.report
+                for observer in self._observers:
+                    observer.close(report)
 
     def _salvage(self) -> None:
         """Keep what ended but was not yet taken in (Ctrl+C, an error, a break)."""

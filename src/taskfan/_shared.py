@@ -7,10 +7,15 @@ read-modify-write through a proxied dict would lose updates.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import shutil
+import threading
 import weakref
 from collections.abc import Hashable
 from multiprocessing.managers import BaseManager
+from multiprocessing.util import get_temp_dir
 from typing import Any
 
 from ._safe import SafeCounter, SafeDict, _LockedCounter, _LockedDict
@@ -36,10 +41,13 @@ class _Served:
         if proxy is None:
             from .backends._process import start_method
 
-            manager = _Manager(ctx=multiprocessing.get_context(start_method()))
-            manager.start()
+            context = multiprocessing.get_context(start_method())
+            lifeline, lifeline_writer = context.Pipe(duplex=False)
+            manager = _Manager(ctx=context)
+            manager.start(_serve_while_parent_lives, (lifeline, lifeline_writer))
+            lifeline.close()
             proxy = getattr(manager, self._kind)()
-            self._stop = weakref.finalize(self, manager.shutdown)
+            self._stop = weakref.finalize(self, _shut_down, manager, lifeline_writer)
         self._proxy = proxy
 
     def __reduce__(self) -> tuple[type[_Served], tuple[Any]]:
@@ -48,6 +56,32 @@ class _Served:
     def close(self) -> None:
         if self._stop is not None:
             self._stop()
+
+
+def _shut_down(manager: BaseManager, lifeline_writer: Any) -> None:
+    try:
+        manager.shutdown()
+    finally:
+        lifeline_writer.close()
+
+
+def _serve_while_parent_lives(lifeline: Any, lifeline_writer: Any) -> None:
+    """In the server process: exit, and remove its socket's folder, once the parent dies.
+
+    Only the parent holds the writing end of the lifeline, so the reading end sees EOF
+    when the parent is gone for any reason, SIGKILL included, when nothing else of
+    multiprocessing's would clean up after it.
+    """
+    lifeline_writer.close()
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv_bytes()
+        with contextlib.suppress(Exception):
+            shutil.rmtree(get_temp_dir(), ignore_errors=True)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="taskfan-lifeline", daemon=True).start()
 
 
 class ServedCounter(_Served, SafeCounter):

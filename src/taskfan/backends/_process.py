@@ -43,6 +43,7 @@ from typing import Any
 
 from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
+from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
 from ._base import Backend, Call, Done, Failure, Setup, describe_failure
 from ._worker import (
@@ -275,28 +276,30 @@ class ProcessBackend(Backend):
         return False
 
     def close(self, cancel: bool) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        _open_backends.discard(self)
-        workers, self._workers = self._workers, []
-        for worker in workers:
-            if cancel:
-                worker.process.kill()
-            else:
-                _send_quietly(worker.conn, STOP)
-        if self._lifeline_writer is not None:
-            self._lifeline_writer.close()  # any worker still alive now sees its parent go
-        deadline = time.monotonic() + (1.0 if cancel else 5.0)
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                _kill(worker.process)
-            worker.conn.close()
-            worker.dump.close()
-        if self._lifeline is not None:
-            self._lifeline.close()
-        self._queue.clear()
+        # Safe to call again (the exit hook does, after an interrupted close): it works
+        # on what is still open rather than on a flag set before the work was done.
+        with ctrl_c_deferred():
+            self._closed = True  # no new worker from here on
+            workers = list(self._workers)
+            for worker in workers:
+                if cancel:
+                    _kill_tree(worker.process)
+                else:
+                    _send_quietly(worker.conn, STOP)
+            if self._lifeline_writer is not None:
+                self._lifeline_writer.close()  # any worker still alive sees its parent go
+            deadline = time.monotonic() + (1.0 if cancel else 5.0)
+            for worker in workers:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    _kill(worker.process)
+                worker.conn.close()
+                worker.dump.close()
+                self._workers.remove(worker)
+            if self._lifeline is not None:
+                self._lifeline.close()
+            self._queue.clear()
+            _open_backends.discard(self)
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -423,6 +426,7 @@ class ProcessBackend(Backend):
     def _on_exit(self, worker: _Worker) -> None:
         self._drain(worker)
         worker.process.join(1.0)
+        _kill_tree(worker.process)  # what its task started dies with it
         self._retire(worker)
         assert self._marks is not None
         base = worker.slot * SLOT_FIELDS
@@ -541,8 +545,17 @@ def _task_frames(dump: str) -> str:
 
 
 def _kill(process: Any) -> None:
-    process.kill()
+    _kill_tree(process)
     process.join(1.0)
+
+
+def _kill_tree(process: Any) -> None:
+    """Kill a worker and whatever its task started: each worker leads its own group."""
+    if process.pid is not None and hasattr(os, "killpg"):
+        with contextlib.suppress(OSError):  # not yet a group leader, or already gone
+            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
 
 
 def _send_quietly(conn: Any, message: bytes) -> None:

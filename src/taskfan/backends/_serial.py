@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -29,18 +31,18 @@ class SerialBackend(Backend):
         super().__init__(workers, clock)
         self._done: list[Done] = []
         self._interrupted = False
-        self._previous: Any = None
         self._broken: Failure | None = None
 
     def start(self, setup: Setup) -> None:
-        self._watch_ctrl_c()
         if setup.initializer is not None:
-            try:
-                setup.initializer(*setup.initargs)
-            except BaseException as error:
-                self._reraise_ctrl_c(error)
-                self._broken = capture(error)  # reported on every task, as elsewhere
-                self._broken.retry = False
+            with self._watching_ctrl_c():
+                try:
+                    setup.initializer(*setup.initargs)
+                except BaseException as error:
+                    if self._is_ctrl_c(error):
+                        raise
+                    self._broken = capture(error)  # reported on every task, as elsewhere
+                    self._broken.retry = False
 
     def submit(self, call: Call) -> None:
         out: list[Any] = []
@@ -51,22 +53,16 @@ class SerialBackend(Backend):
                 out.extend([None] * len(call.items))
                 errors.update(dict.fromkeys(range(len(call.items)), self._broken))
             else:
-                self._run(call, out, errors)
+                with self._watching_ctrl_c():
+                    run_items(call, out, errors, catch=BaseException, passthrough=self._is_ctrl_c)
         finally:
             # Also on Ctrl+C inside a task: the items before it did end, and keep their
             # results (the engine collects them on its way out).
             elapsed = time.perf_counter() - t0
             self._done.append(Done(call.id, out, errors or None, None, "main", started, elapsed))
 
-    def _run(self, call: Call, out: list[Any], errors: dict[int, Failure]) -> None:
-        run_items(call, out, errors, catch=BaseException, passthrough=self._is_ctrl_c)
-
     def _is_ctrl_c(self, error: BaseException) -> bool:
         return isinstance(error, KeyboardInterrupt) and self._interrupted
-
-    def _reraise_ctrl_c(self, error: BaseException) -> None:
-        if self._is_ctrl_c(error):
-            raise error
 
     def wait(self, timeout: float | None) -> list[Done]:
         done, self._done = self._done, []
@@ -74,21 +70,26 @@ class SerialBackend(Backend):
 
     def close(self, cancel: bool) -> None:
         self._done = []
-        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous)
-        self._previous = None
 
     # --- telling a real Ctrl+C from a task's own KeyboardInterrupt ------------------------
 
-    def _watch_ctrl_c(self) -> None:
+    @contextmanager
+    def _watching_ctrl_c(self) -> Iterator[None]:
+        """While tasks run, note a real SIGINT before it raises KeyboardInterrupt."""
         if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread gets Ctrl+C: any KeyboardInterrupt is a task's
+            yield  # only the main thread gets Ctrl+C: any KeyboardInterrupt is a task's
+            return
         previous = signal.getsignal(signal.SIGINT)
         if not callable(previous):
-            return  # SIGINT ignored or default: Python raises no KeyboardInterrupt for it
-        self._previous = previous
-        signal.signal(signal.SIGINT, self._on_sigint)
+            yield  # SIGINT ignored or left to the OS: Python raises nothing for it
+            return
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self._interrupted = True
-        self._previous(signum, frame)
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            self._interrupted = True
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

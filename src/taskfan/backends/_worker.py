@@ -148,6 +148,10 @@ def worker_main(spec: WorkerSpec) -> None:
     # The parent handles Ctrl+C and then kills its workers; a worker must not die of it
     # halfway through writing a reply, nor print a KeyboardInterrupt of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgrp"):
+        # Lead a process group of our own: killing the group (a timeout, Ctrl+C) then
+        # also ends the subprocesses a task started, instead of orphaning them.
+        os.setpgrp()
     spec.lifeline_writer.close()  # only the parent may hold it, so that its death closes it
     _watch_parent(spec.lifeline)
     if spec.dump is not None and hasattr(signal, "SIGUSR1"):
@@ -167,7 +171,12 @@ def _watch_parent(lifeline: Any) -> None:
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):
             lifeline.recv_bytes()
-        os._exit(70)  # the parent is gone: nobody will read our results
+        # The parent is gone: nobody will read our results. Take our task's own
+        # subprocesses along (our group), then go.
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # only a group of our own
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(70)
 
     threading.Thread(target=watch, name="taskfan-lifeline", daemon=True).start()
 
