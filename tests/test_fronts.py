@@ -8,6 +8,7 @@ import pytest
 
 import taskfan
 from taskfan import Outcome, Results, TaskTraceback
+from taskfan._engine import AUTO_WINDOW_MAX
 
 from .conftest import Gates
 
@@ -303,7 +304,7 @@ def test_leaving_parallelized_early_cancels_the_rest(opts: dict[str, Any]) -> No
         for _ in par:
             break
     # Only a window's worth of the endless input was ever pulled.
-    assert par.report.total <= 2 * 65_536
+    assert par.report.total <= 2 * AUTO_WINDOW_MAX
 
 
 def test_a_retry_after_the_input_ran_out_still_runs(opts: dict[str, Any], backend: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import taskfan
+from taskfan._engine import AUTO_WINDOW_MAX
 
 
 class Counted:
@@ -26,7 +27,7 @@ def test_imap_over_an_endless_generator(opts: dict[str, Any]) -> None:
     it = taskfan.imap(lambda x: x * 2, source, **opts)
     assert list(itertools.islice(it, 10)) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
     it.close()
-    assert source.pulled < 10 + 2 * 65_536
+    assert source.pulled < 10 + 2 * AUTO_WINDOW_MAX
 
 
 def test_window_bounds_what_is_pulled_ahead(opts: dict[str, Any]) -> None:
@@ -58,7 +59,7 @@ def test_breaking_out_of_imap_stops_the_input(opts: dict[str, Any]) -> None:
         if value == 3:
             break
     pulled = source.pulled
-    assert pulled < 2 * 65_536
+    assert pulled < 2 * AUTO_WINDOW_MAX
     assert source.pulled == pulled  # nothing pulls after the loop was left
 
 
@@ -67,7 +68,7 @@ def test_dropping_an_unfinished_iterator_cleans_up(opts: dict[str, Any]) -> None
     it = taskfan.imap(lambda x: x, source, **opts)
     assert next(it) == 0
     del it  # the autouse fixture checks that no worker is left behind
-    assert source.pulled < 2 * 65_536
+    assert source.pulled < 2 * AUTO_WINDOW_MAX
 
 
 def test_progress_bar_counts_items_not_chunks(backend: str, capsys: Any) -> None:
