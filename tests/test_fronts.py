@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import taskfan
 from taskfan import Outcome, Results, TaskTraceback
+from taskfan._engine import AUTO_WINDOW_MAX
 
 from .conftest import Gates
 
@@ -60,8 +62,26 @@ def test_imap_unordered_yields_every_result_once(opts: dict[str, Any]) -> None:
     assert sorted(got) == [x * x for x in range(500)]
 
 
-def test_imap_unordered_yields_in_completion_order(
-    opts: dict[str, Any], backend: str, parallel: bool, gates: Gates
+# The two fronts that yield results as tasks finish, each as an iterator of results.
+def imap_unordered(task: Callable[[int], int], n: int, opts: dict[str, Any]) -> Iterator[int]:
+    return taskfan.imap(task, range(n), ordered=False, chunksize=1, **opts)
+
+
+def parallelized(task: Callable[[int], int], n: int, opts: dict[str, Any]) -> Iterator[int]:
+    with taskfan.Parallelized(task, [{"x": i} for i in range(n)], chunksize=1, **opts) as par:
+        for _, result, error in par:
+            if error is not None:
+                raise error
+            yield result
+
+
+@pytest.mark.parametrize("front", [imap_unordered, parallelized], ids=lambda f: f.__name__)
+def test_unordered_fronts_yield_in_completion_order(
+    front: Callable[[Callable[[int], int], int, dict[str, Any]], Iterator[int]],
+    opts: dict[str, Any],
+    backend: str,
+    parallel: bool,
+    gates: Gates,
 ) -> None:
     if not parallel:
         pytest.skip("one task at a time: completion order is input order")
@@ -69,14 +89,14 @@ def test_imap_unordered_yields_in_completion_order(
 
     def task(x: int) -> int:
         if x == 0:
-            assert release.wait(10)
+            assert release.wait(10), "never released"
         return x
 
-    it = taskfan.imap(task, range(4), ordered=False, chunksize=1, **opts)
-    first_three = [next(it) for _ in range(3)]
+    results = front(task, 4, opts)
+    first_three = [next(results) for _ in range(3)]  # while item 0 cannot end
     release.set()
     assert sorted(first_three) == [1, 2, 3]
-    assert list(it) == [0]
+    assert list(results) == [0]
 
 
 def test_errors_raise_reraises_task_exception_with_worker_traceback(opts: dict[str, Any]) -> None:
@@ -245,26 +265,6 @@ def test_parallelized_yields_kwargs_result_error(opts: dict[str, Any]) -> None:
     assert par.report.ok == 7 and par.report.failed == 1
 
 
-def test_parallelized_yields_in_completion_order(
-    opts: dict[str, Any], backend: str, parallel: bool, gates: Gates
-) -> None:
-    if not parallel:
-        pytest.skip("one task at a time: completion order is input order")
-    release = gates.new(backend)
-
-    def task(x: int) -> int:
-        if x == 0:
-            assert release.wait(10)
-        return x
-
-    with taskfan.Parallelized(task, [{"x": i} for i in range(3)], chunksize=1, **opts) as par:
-        it = iter(par)
-        first = [next(it)[1], next(it)[1]]
-        release.set()
-        rest = [r for _, r, _ in it]
-    assert sorted(first) == [1, 2] and rest == [0]
-
-
 def test_parallelized_pbar_is_a_harmless_stand_in_when_progress_is_off(
     opts: dict[str, Any],
 ) -> None:
@@ -287,7 +287,7 @@ def test_leaving_parallelized_early_cancels_the_rest(opts: dict[str, Any]) -> No
         for _ in par:
             break
     # Only a window's worth of the endless input was ever pulled.
-    assert par.report.total <= 2 * 65_536
+    assert par.report.total <= 2 * AUTO_WINDOW_MAX
 
 
 def test_a_retry_after_the_input_ran_out_still_runs(opts: dict[str, Any], backend: str) -> None:

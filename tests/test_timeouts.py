@@ -70,20 +70,19 @@ def test_timeout_applies_per_item_inside_a_chunk(timed_backend: str, gates: Gate
 
 def test_timed_out_task_is_retried(timed_backend: str, gates: Gates) -> None:
     hang = gates.new(timed_backend)
-    attempts = taskfan.SafeCounter.make(timed_backend)
+    with taskfan.SafeCounter.make(timed_backend) as attempts:  # its server stops whatever happens
 
-    def task(x: int) -> int:
-        if attempts.increment(x) == 1 and x == 1:
-            hang.wait(60)
-        return x
+        def task(x: int) -> int:
+            if attempts.increment(x) == 1 and x == 1:
+                hang.wait(60)
+            return x
 
-    runner = taskfan.Runner(
-        backend=timed_backend, workers=2, timeout=0.5, retries=1, backoff=0, progress=False
-    )
-    for i in range(3):
-        runner.add(i, task, i)
-    results = runner.run()
-    attempts.close()
+        runner = taskfan.Runner(
+            backend=timed_backend, workers=2, timeout=0.5, retries=1, backoff=0, progress=False
+        )
+        for i in range(3):
+            runner.add(i, task, i)
+        results = runner.run()
     assert dict(results) == {0: 0, 1: 1, 2: 2}
     assert results.outcomes[1].attempts == 2 and results.report.retried == 1
 
