@@ -218,7 +218,7 @@ def start_method(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def test_every_start_method_works(start_method: str) -> None:
-    from taskfan.backends._process import start_method as chosen
+    from taskfan._start import start_method as chosen
 
     assert chosen() == start_method
     offset = 100
@@ -229,7 +229,7 @@ def test_every_start_method_works(start_method: str) -> None:
 
 
 def test_default_start_method_is_fork_only_when_single_threaded() -> None:
-    from taskfan.backends._process import start_method as chosen
+    from taskfan._start import start_method as chosen
 
     assert multiprocessing.get_start_method(allow_none=True) is None
     assert chosen() == "fork"

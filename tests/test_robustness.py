@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -166,3 +167,27 @@ def test_a_result_that_cannot_be_rebuilt_fails_only_its_task() -> None:
     assert failed == [777]
     assert isinstance(got[777], TypeError) and "could not be rebuilt" in str(got[777])
     assert got[:777] + got[778:] == [i for i in range(5000) if i != 777]
+
+
+async def _coroutine_function(x: int) -> int:
+    return x
+
+
+class _AsyncCallable:
+    async def __call__(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_coroutine_function, functools.partial(_coroutine_function), _AsyncCallable()],
+    ids=["async-def", "partial", "async-call"],
+)
+def test_a_coroutine_function_is_refused_rather_than_left_unawaited(backend: str, fn: Any) -> None:
+    with pytest.raises(TypeError, match="coroutine function"):
+        taskfan.map(fn, [1, 2], backend=backend, progress=False)
+
+
+def test_auto_picks_async_for_a_coroutine_function_and_says_it_is_not_here_yet() -> None:
+    with pytest.raises(NotImplementedError, match="backend='async'"):
+        taskfan.map(_coroutine_function, [1])

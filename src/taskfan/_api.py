@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._engine import Engine, Job, Piece, TaskRaisedStopIteration
-from ._options import Options, check_flag, make_options, plan
+from ._options import Options, check_flag, is_async_callable, make_options, plan
 from ._outcome import Outcome, Report, Results
 from .backends._base import FULL, KWARGS, SINGLE, STAR
 
@@ -222,7 +221,7 @@ class Runner:
         if self._engine is not None:
             raise RuntimeError("this Runner has already run; a Runner is one-shot: make a new one")
         probe = next(
-            (f for f, _, _ in self._tasks if inspect.iscoroutinefunction(f)),
+            (f for f, _, _ in self._tasks if is_async_callable(f)),
             self._tasks[0][0] if self._tasks else None,
         )
         self._engine = _engine(

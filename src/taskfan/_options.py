@@ -6,6 +6,7 @@ Each check names the option and what it accepts, so a typo fails before any task
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import os
@@ -319,6 +320,13 @@ def plan(options: Options, fn: Callable[..., object] | None) -> Plan:
     name = options.backend
     if name == "auto":
         name = _auto_backend(options, fn)
+    if name != "async" and fn is not None and is_async_callable(fn):
+        raise TypeError(
+            f"{_describe(fn)} is a coroutine function (async def): calling it on "
+            f"backend={name!r} would only create coroutines, never run them. "
+            "backend='async' is not available in this version of taskfan yet; until it "
+            "is, run each one to its end in the task: lambda x: asyncio.run(fn(x))"
+        )
     if name in ("async", "dask"):
         raise NotImplementedError(
             f"backend={name!r} is not available in this version of taskfan yet; "
@@ -330,8 +338,25 @@ def plan(options: Options, fn: Callable[..., object] | None) -> Plan:
     return Plan(name, workers)
 
 
+def is_async_callable(fn: object) -> bool:
+    """Does calling ``fn`` make a coroutine? Also through ``functools.partial`` and for
+    objects whose ``__call__`` is ``async def``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method itself, not callable()
+    return inspect.iscoroutinefunction(call)
+
+
+def _describe(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def _auto_backend(options: Options, fn: Callable[..., object] | None) -> str:
-    if fn is not None and inspect.iscoroutinefunction(fn):
+    if fn is not None and is_async_callable(fn):
         return "async"
     if options.workers == 1 and options.timeout is None:
         return "serial"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ._clock import Clock
@@ -99,6 +100,7 @@ class LogObserver(Observer):
         self._total, self._label, self._every = total, desc or "taskfan", every
         self._start = clock.now()
         self._next = self._start + every
+        self._undo = _make_heard()
 
     def next_tick(self) -> float | None:
         return self._next
@@ -124,7 +126,34 @@ class LogObserver(Observer):
         )
 
     def close(self, report: Report) -> None:
-        logger.info("%s: %s", self._label, report)
+        try:
+            logger.info("%s: %s", self._label, report)
+        finally:
+            self._undo()
+
+
+def _make_heard() -> Callable[[], None]:
+    """Make sure the log lines asked for are seen; returns how to undo it.
+
+    A program that never configured logging would drop them (Python's last-resort
+    handler prints warnings only): for the run, they then go to stderr. A logger set
+    above INFO is lowered to INFO for the run, since the user asked for these lines.
+    """
+    handler: logging.Handler | None = None
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    level = logger.level
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+
+    def undo() -> None:
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return undo
 
 
 def make_observers(

@@ -39,12 +39,14 @@ class _Served:
     def __init__(self, proxy: Any = None) -> None:
         self._stop: Any = None
         if proxy is None:
-            from .backends._process import start_method
+            from ._start import start_method, starting
 
-            context = multiprocessing.get_context(start_method())
+            method = start_method()
+            context = multiprocessing.get_context(method)
             lifeline, lifeline_writer = context.Pipe(duplex=False)
             manager = _Manager(ctx=context)
-            manager.start(_serve_while_parent_lives, (lifeline, lifeline_writer))
+            with starting(method):
+                manager.start(_serve_while_parent_lives, (lifeline, lifeline_writer))
             lifeline.close()
             proxy = getattr(manager, self._kind)()
             self._stop = weakref.finalize(self, _shut_down, manager, lifeline_writer)

@@ -14,10 +14,7 @@ both seen the moment they happen, with no helper thread and no polling.
 - Functions travel once per worker, pickled with cloudpickle; arguments and results with
   pickle, falling back to cloudpickle.
 
-Start method: the caller's explicit ``multiprocessing.set_start_method`` wins. Otherwise,
-on Linux, ``fork`` when this process has a single thread (the fastest start, and safe: the
-danger of fork is a lock held by another thread at the moment of the fork), else
-``forkserver``; ``spawn`` where neither exists.
+Start method: see ``taskfan._start``.
 """
 
 from __future__ import annotations
@@ -30,8 +27,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import sys
-import threading
 import time
 import traceback
 import weakref
@@ -45,6 +40,7 @@ from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
+from .._start import main_file, start_method, starting
 from ._base import Backend, Call, Done, Failure, Setup, describe_failure
 from ._worker import (
     CALL_ID,
@@ -66,23 +62,12 @@ from ._worker import (
     worker_main,
 )
 
-__all__ = ["ProcessBackend", "start_method"]
+__all__ = ["ProcessBackend"]
 
 #: a message this small always fits in a pipe's buffer: safe to send to a busy worker
 PREFETCH_BYTES = 64 * 1024
 #: workers that die before running anything, in a row, before the run gives up
 STARTUP_DEATHS = 3
-
-
-def start_method() -> str:
-    """The start method for the next worker (see the module docstring)."""
-    chosen = multiprocessing.get_start_method(allow_none=True)
-    if chosen is not None:
-        return chosen
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and _single_threaded():
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def dumps_callable(payload: Any, fn: Callable[..., Any]) -> bytes:
@@ -107,15 +92,8 @@ def _importable(fn: Callable[..., Any]) -> bool:
     if getattr(fn, "__module__", None) != "__main__":
         return True
     # Workers re-import the main script from its file (spawn, forkserver) or inherit it
-    # (fork); an interactive session has no file to import from.
-    return getattr(sys.modules.get("__main__"), "__file__", None) is not None
-
-
-def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1  # native threads count too
-    except OSError:  # pragma: no cover - no /proc
-        return threading.active_count() == 1
+    # (fork); an interactive session, -c or standard input has no file to import from.
+    return main_file() is not None
 
 
 class _Sent:
@@ -476,7 +454,8 @@ class ProcessBackend(Backend):
         base = slot * SLOT_FIELDS
         for field, value in ((STATE, STARTING), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
             self._marks[base + field] = value
-        context: Any = multiprocessing.get_context(start_method())
+        method = start_method()
+        context: Any = multiprocessing.get_context(method)
         conn, child_conn = context.Pipe(duplex=True)
         dump, child_dump = context.Pipe(duplex=False)
         name = f"process-{next(self._numbers)}"
@@ -491,7 +470,8 @@ class ProcessBackend(Backend):
             child_dump,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
-        process.start()
+        with starting(method):
+            process.start()
         child_conn.close()
         child_dump.close()
         self._workers.append(_Worker(process, conn, dump, slot, name))

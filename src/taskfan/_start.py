@@ -1,0 +1,140 @@
+"""Starting worker processes: which start method, and what the main script means for it.
+
+The caller's explicit ``multiprocessing.set_start_method`` wins. Otherwise, on Linux,
+``fork`` when this process has a single thread (the fastest start, and safe: the danger
+of fork is a lock held by another thread at the moment of the fork), else
+``forkserver``; ``spawn`` where neither exists.
+
+``spawn`` and ``forkserver`` import the main script again in a fresh process, which
+brings two surprises this module deals with once for every user of processes:
+
+- A program read from standard input has ``__file__ == "<stdin>"``; multiprocessing
+  would try to import a file of that name, printing a stray FileNotFoundError or killing
+  every worker. Such a program has nothing to import: its functions travel by value, as
+  those of ``python -c`` do, and the name is hidden from multiprocessing while a
+  process starts.
+- A script whose top level starts work without an ``if __name__ == "__main__":`` guard
+  runs that work again in the fresh process. It is said once, with the line to guard.
+"""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType, ModuleType
+
+__all__ = ["main_file", "start_method", "starting"]
+
+_warned: set[str] = set()  # scripts already warned about, so it is said once
+
+
+def start_method() -> str:
+    """The start method for the next worker process (see the module docstring)."""
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None:
+        return chosen
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods and _single_threaded():
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1  # native threads count too
+    except OSError:  # pragma: no cover - no /proc
+        return threading.active_count() == 1
+
+
+def main_file() -> str | None:
+    """The main script's file, if it has one that a fresh process can import."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path if isinstance(path, str) and os.path.isfile(path) else None
+
+
+@contextmanager
+def starting(method: str) -> Iterator[None]:
+    """Wrap the start of a process (or a server) with the start method ``method``."""
+    if method == "fork":
+        yield
+        return
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:
+        yield
+        return
+    if main_file() is not None:
+        _warn_if_unguarded(main, path, method)
+        yield
+        return
+    del main.__file__  # "<stdin>" and the like: nothing to import, see the docstring
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _warn_if_unguarded(main: ModuleType, path: str, method: str) -> None:
+    if path in _warned or getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    line = _top_level_line(main)
+    if line is None or _guarded(path, line):
+        return
+    _warned.add(path)
+    warnings.warn_explicit(
+        f"taskfan starts worker processes with the {method!r} start method (this program "
+        f"runs other threads, or asked for it), which imports {os.path.basename(path)} "
+        f"again in a fresh process: its top level, this line included, runs there a "
+        f'second time. Put the code that starts work under `if __name__ == "__main__":`, '
+        f"or call multiprocessing.set_start_method('fork') if forking is safe here.",
+        RuntimeWarning,
+        path,
+        line,
+        module="__main__",
+        registry=main.__dict__.setdefault("__warningregistry__", {}),
+    )
+
+
+def _top_level_line(main: ModuleType) -> int | None:
+    """The line of the main script's top level that led to this call, if any."""
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is main.__dict__:
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _guarded(path: str, line: int) -> bool:
+    """Is ``line`` of the script inside an ``if __name__ == "__main__":`` block?"""
+    try:
+        with open(path, encoding="utf-8") as source:
+            tree = ast.parse(source.read())
+    except (OSError, SyntaxError, ValueError):
+        return True  # cannot tell: say nothing rather than something wrong
+    for statement in tree.body:
+        end = statement.end_lineno or statement.lineno
+        if statement.lineno <= line <= end:
+            return isinstance(statement, ast.If) and _is_main_test(statement.test)
+    return True
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    sides = {_name_or_text(test.left), _name_or_text(test.comparators[0])}
+    return isinstance(test.ops[0], ast.Eq) and sides == {"name:__name__", "text:__main__"}
+
+
+def _name_or_text(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return f"name:{node.id}"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return f"text:{node.value}"
+    return ""
