@@ -154,8 +154,8 @@ def tests(session: nox.Session) -> None:
 
 
 def _outcomes(junit: Path) -> tuple[dict[str, int], list[str]] | None:
-    """pytest's outcome counts and the tests that failed, from its JUnit XML file, or None
-    if there is none."""
+    """pytest's outcome counts and its FAILED and ERROR lines, from its JUnit XML file, or
+    None if there is none."""
     try:
         root = ET.parse(junit).getroot()
     except (OSError, ET.ParseError):
@@ -172,6 +172,7 @@ def _outcomes(junit: Path) -> tuple[dict[str, int], list[str]] | None:
         "errors": total["errors"],
     }
     failed = [
+        f"{'FAILED' if case.find('failure') is not None else 'ERROR'} "
         f"{case.get('classname')}::{case.get('name')}"
         for case in root.iter("testcase")
         if case.find("failure") is not None or case.find("error") is not None
@@ -180,9 +181,13 @@ def _outcomes(junit: Path) -> tuple[dict[str, int], list[str]] | None:
 
 
 def _say(counts: dict[str, int]) -> str:
-    """'241 passed, 2 failed', then skipped and errors when there are any."""
+    """'206 passed, 2 failed', then skipped and errors when there are any."""
     said = f"{counts['passed']} passed, {counts['failed']} failed"
-    return said + "".join(f", {counts[k]} {k}" for k in ("skipped", "errors") if counts[k])
+    if counts["skipped"]:
+        said += f", {counts['skipped']} skipped"
+    if counts["errors"]:
+        said += f", {counts['errors']} error{'s' if counts['errors'] > 1 else ''}"
+    return said
 
 
 def summary() -> None:
@@ -212,7 +217,7 @@ def summary() -> None:
         for key in totals:
             totals[key] += counts[key]
         rows.append(f"  {interpreter.version}  {result:<8} {_say(counts)}  [{interpreter.path}]")
-        rows += [f"        FAILED {test}" for test in failed]
+        rows += [f"        {test}" for test in failed]
     print("== test matrix (noxfile.py) ==")
     print(*rows, sep="\n")
     listed = ", ".join(f"{i.version} ({i.path})" for i in ran) or "none"
