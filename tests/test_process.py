@@ -349,3 +349,23 @@ def die_at_start() -> None:
 def test_workers_that_die_at_start_end_the_run_instead_of_respawning() -> None:
     with pytest.raises(WorkerCrashed, match="keep dying before they can run a task"):
         taskfan.map(abs, range(10), initializer=die_at_start, **P)
+
+
+def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
+    # Starting a forkserver worker makes multiprocessing fix its default start method;
+    # read back, it looked like the user's choice of fork, and later workers were forked
+    # from a multi-threaded process.
+    from taskfan._start import start_method as chosen
+
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait, args=(30,), name="helper")
+    helper.start()
+    try:
+        assert chosen() == "forkserver"
+        got = taskfan.map(abs, [-1, -2, -3, -4], backend="process", workers=2, chunksize=1)
+        assert got == [1, 2, 3, 4]
+        assert multiprocessing.get_start_method(allow_none=True) is None
+        assert chosen() == "forkserver"
+    finally:
+        release.set()
+        helper.join()

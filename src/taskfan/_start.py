@@ -61,6 +61,21 @@ def main_file() -> str | None:
 @contextmanager
 def starting(method: str) -> Iterator[None]:
     """Wrap the start of a process (or a server) with the start method ``method``."""
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    try:
+        with _main_for(method):
+            yield
+    finally:
+        if chosen is None:
+            # Starting a spawn or forkserver process asks multiprocessing for "the" start
+            # method, which fixes its default (fork, on Linux before 3.14) for good; read
+            # back later, it would look like the user's choice, and the next worker
+            # would be forked from this multi-threaded process.
+            multiprocessing.set_start_method(None, force=True)
+
+
+@contextmanager
+def _main_for(method: str) -> Iterator[None]:
     if method == "fork":
         yield
         return

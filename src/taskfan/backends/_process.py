@@ -66,8 +66,8 @@ __all__ = ["ProcessBackend"]
 
 #: a message this small always fits in a pipe's buffer: safe to send to a busy worker
 PREFETCH_BYTES = 64 * 1024
-#: workers that die before running anything, in a row, before the run gives up
-STARTUP_DEATHS = 3
+#: workers in a row that die with no item to charge the death to, before the run gives up
+FRUITLESS_DEATHS = 3
 
 
 def dumps_callable(payload: Any, fn: Callable[..., Any]) -> bytes:
@@ -161,7 +161,7 @@ class ProcessBackend(Backend):
         self._fn_ids = itertools.count()
         self._fn_cache: dict[int, tuple[Callable[..., Any], int]] = {}
         self._fn_blobs: dict[int, bytes] = {}
-        self._startup_deaths = 0
+        self._fruitless_deaths = 0
         self._init_blob: bytes | None = None
         self._max_tasks: int | None = None
         self._slots: Any = None
@@ -370,14 +370,14 @@ class ProcessBackend(Backend):
             pass  # it died mid-reply: the sentinel is ready too
 
     def _on_reply(self, worker: _Worker, sent: _Sent, message: bytes) -> None:
-        self._startup_deaths = 0
+        self._fruitless_deaths = 0
         try:
             call_id, values, failures, started, elapsed = decode_reply(
                 message, bool(sent.flags & SEPARATE)
             )
         except Exception as error:
             # A result that cannot be rebuilt here spoils the pickle of the whole reply.
-            if sent.count > 1:
+            if sent.count > 1 and not sent.flags & SEPARATE:
                 self._again(sent, SEPARATE)  # run again, each result pickled on its own
                 return
             failure = unrebuildable_result(error)
@@ -385,7 +385,7 @@ class ProcessBackend(Backend):
             return
         if values is None:  # the worker could not rebuild the arguments
             worker.items -= sent.count  # it ran none of them
-            if len(sent.call.items) > 1:
+            if len(sent.call.items) > 1 and not sent.flags & ONE_BY_ONE:
                 self._again(sent, ONE_BY_ONE)  # only the bad item will fail
                 return
             assert failures is not None
@@ -412,15 +412,20 @@ class ProcessBackend(Backend):
         if not worker.outstanding:
             return  # recycled after max_tasks_per_worker, or died idle: nothing lost
         front = worker.outstanding[0]
-        if state != READY:
-            self._startup_deaths += 1
-            if self._startup_deaths >= STARTUP_DEATHS:
-                raise WorkerCrashed(worker.process.exitcode, _STARTUP_HINT)
-        elif call_id == front.call.id:
+        if state == READY and call_id == front.call.id:
+            self._fruitless_deaths = 0  # the item it was running pays for the death
             worker.outstanding.popleft()
             self._ready.append(
                 Done(front.call.id, [], None, (max(index, 0), self._crash(worker)), worker.name)
             )
+        else:
+            # It died before it could take the call (at start-up, or killed from outside
+            # between calls): nothing to charge the death to, so its calls go back
+            # uncounted, but never forever.
+            self._fruitless_deaths += 1
+            if self._fruitless_deaths >= FRUITLESS_DEATHS:
+                hint = _STARTUP_HINT if state != READY else _IDLE_HINT
+                raise WorkerCrashed(worker.process.exitcode, hint)
         self._requeue(worker)
 
     def _crash(self, worker: _Worker) -> Failure:
@@ -477,6 +482,10 @@ class ProcessBackend(Backend):
         self._workers.append(_Worker(process, conn, dump, slot, name))
 
 
+_IDLE_HINT = (
+    "worker processes keep dying between tasks, before taking the next one: something "
+    "outside taskfan is killing them (the OOM killer, a process monitor)"
+)
 _STARTUP_HINT = (
     "worker processes keep dying before they can run a task: check that initializer= "
     "works and that the task's module imports cleanly in a fresh process"
