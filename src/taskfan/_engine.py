@@ -32,6 +32,7 @@ from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
 from .backends._base import (
     Backend,
     Call,
+    Cut,
     Done,
     Failure,
     Setup,
@@ -45,6 +46,10 @@ logger = logging.getLogger("taskfan")
 
 #: most items taken from the input and not yet handed back, when ``window`` is auto
 AUTO_WINDOW_MAX = 65_536
+#: a chunk is cut short once it has run this many times its expected time...
+CUT_FACTOR = 4.0
+#: ...and at least this long (seconds): jitter alone never cuts a chunk
+CUT_FLOOR = 0.05
 
 
 @dataclass(slots=True)
@@ -159,6 +164,9 @@ class Engine:
         self.tally = Tally()
         self._ids = itertools.count()
         self._inflight: dict[int, Span] = {}
+        self._expected: dict[int, float] = {}  # call id -> seconds it should take
+        self._cut: set[int] = set()  # calls already asked to stop early
+        self._skip: dict[int, int] = {}  # call id -> its first items, already settled
         self._pending: deque[Span] = deque()
         self._timers: list[tuple[float, int, Span]] = []
         self._buffer: dict[int, Piece] = {}
@@ -247,7 +255,9 @@ class Engine:
             for done in self._backend.wait(0):
                 # A call cut short with nothing ended (Ctrl+C in its first item) leaves
                 # its tasks cancelled, not failed.
-                if done.call_id in self._inflight and (done.values or done.stopped):
+                if done.cut is not None:
+                    self._apply_cut(done.call_id, done.cut)
+                elif done.call_id in self._inflight and (done.values or done.stopped):
                     self._finish(done)
         except Exception:
             logger.debug("could not collect late results", exc_info=True)
@@ -367,6 +377,8 @@ class Engine:
         timed = self.options.timeout is not None
         call = Call(next(self._ids), self._job.fn, self._job.mode, span.items, timed, expected)
         self._inflight[call.id] = span
+        if expected is not None and len(span.items) > 1:
+            self._expected[call.id] = expected
         if span.attempt > 1:
             self.tally.retried += 1
         self._backend.submit(call)
@@ -385,13 +397,17 @@ class Engine:
             self.clock.sleep(timeout)
             done = []
         for d in done:
-            self._finish(d)
+            if d.cut is not None:
+                self._apply_cut(d.call_id, d.cut)
+            else:
+                self._finish(d)
         now = self.clock.now()
         while self._timers and self._timers[0][0] <= now:
             self._pending.append(heapq.heappop(self._timers)[2])
         if self._exhausted and not self._pending and not self._timers:
             self._backend.release_idle()
         self._expire(now)
+        self._cut_overdue(now)
         for observer in self._observers:
             due = observer.next_tick()
             if due is not None and due <= now:
@@ -406,6 +422,8 @@ class Engine:
             wake = min(wake, self._next_start)
         if self.options.timeout is not None and self._inflight:
             wake = min(wake, self._next_deadline(now, self.options.timeout))
+        for _, overdue in self._overdue_times():
+            wake = min(wake, overdue)
         for observer in self._observers:
             due = observer.next_tick()
             if due is not None:
@@ -442,21 +460,90 @@ class Engine:
                 failure = describe_failure(TaskTimeout(timeout), "", "timeout")
                 self._backend.stop(call_id, index, failure)
 
+    # --- chunks that hold back work -------------------------------------------------------
+
+    def _overdue_times(self) -> list[tuple[int, float]]:
+        """``(call id, when it is overdue)`` of running calls that may be cut short."""
+        if not self._expected:
+            return []
+        due = []
+        for call_id, began in self._backend.started_calls():
+            expected = self._expected.get(call_id)
+            if expected is not None and call_id not in self._cut:
+                due.append((call_id, began + max(CUT_FACTOR * expected, CUT_FLOOR)))
+        return due
+
+    def _cut_overdue(self, now: float) -> None:
+        """A chunk far past its expected time is stuck on a slow item: whatever it has
+        not started goes to the workers that are free, instead of waiting behind it."""
+        for call_id, due in self._overdue_times():
+            if due > now:
+                continue
+            self._cut.add(call_id)
+            cut = self._backend.cut_short(call_id)
+            if cut is not None:
+                self._apply_cut(call_id, cut)
+
+    def _apply_cut(self, call_id: int, cut: Cut) -> None:
+        """The worker runs none of the call's items from ``cut.limit`` on: hand them to
+        the others now; and what already ended is the caller's now."""
+        span = self._inflight.get(call_id)
+        if span is not None and call_id not in self._skip:
+            if cut.limit < len(span.items):
+                rest = span.items[cut.limit :]
+                span.items = span.items[: cut.limit]
+                self._hand_out(Span(span.seq + cut.limit, rest, span.attempt))
+            if cut.values:  # what ended is handed back now, not with its slow mate
+                self._harvest(call_id, span, cut)
+
+    def _harvest(self, call_id: int, span: Span, cut: Cut) -> None:
+        k = len(cut.values)
+        elapsed = max(0.0, self.clock.now() - cut.began)
+        done = Done(call_id, cut.values, cut.errors, None, cut.worker, cut.started, elapsed)
+        piece = Piece.of(
+            Span(span.seq, span.items[:k], span.attempt), 0, cut.values, cut.errors, done
+        )
+        span.seq += k
+        span.items = span.items[k:]
+        self._skip[call_id] = k
+        self._settle(piece)
+
+    def _hand_out(self, span: Span) -> None:
+        """Queue ``span`` first, split so that every worker can take a share."""
+        n = len(span.items)
+        size = max(1, min(self._sizer.size(), math.ceil(n / self.plan.workers)))
+        for start in reversed(range(0, n, size)):
+            self._pending.appendleft(
+                Span(span.seq + start, span.items[start : start + size], span.attempt)
+            )
+
     # --- results --------------------------------------------------------------------------
 
     def _finish(self, done: Done) -> None:
         span = self._inflight.pop(done.call_id)
-        if not done.values and done.stopped is None and span.items:
+        self._expected.pop(done.call_id, None)
+        was_cut = done.call_id in self._cut
+        self._cut.discard(done.call_id)
+        harvested = self._skip.pop(done.call_id, 0)
+        if harvested:  # progress already made: its first items were settled at the cut
+            self._sizer.observe(len(done.values), done.elapsed)
+            done = _without_first(done, harvested)
+        elif not done.values and done.stopped is None and span.items:
             done.stopped = (0, _no_progress())  # never requeue what made no progress
         m = len(done.values)
         if m:
-            self._sizer.observe(m, done.elapsed)
+            if not harvested:
+                self._sizer.observe(m, done.elapsed)
             self._settle(Piece.of(span, 0, done.values, done.errors, done))
         skip = -1
         if done.stopped is not None:
             skip, failure = done.stopped
             self._settle(Piece.of(span, skip, [None], {0: failure}, done))
-        self._requeue(span, m, skip)
+        if was_cut and done.stopped is None and m < len(span.items):
+            # Stopped after its slow item: what it held goes to every worker, not one.
+            self._hand_out(Span(span.seq + m, span.items[m:], span.attempt))
+        else:
+            self._requeue(span, m, skip)
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
@@ -536,6 +623,16 @@ class TaskRaisedStopIteration(RuntimeError):
         )
         self.error = error
         self.__cause__ = error
+
+
+def _without_first(done: Done, k: int) -> Done:
+    """``done`` without its first ``k`` items (they were settled when the call was cut)."""
+    errors = {i - k: f for i, f in (done.errors or {}).items() if i >= k} or None
+    stopped = None
+    if done.stopped is not None:
+        stopped = (done.stopped[0] - k, done.stopped[1])
+    elapsed = done.elapsed * (len(done.values) - k) / len(done.values) if done.values else 0.0
+    return Done(done.call_id, done.values[k:], errors, stopped, done.worker, done.started, elapsed)
 
 
 def _raisable(error: BaseException) -> BaseException:

@@ -29,10 +29,12 @@ __all__ = [
     "STAR",
     "Backend",
     "Call",
+    "Cut",
     "Done",
     "Failure",
     "Mark",
     "Setup",
+    "cut_at",
     "describe_failure",
     "run_items",
 ]
@@ -83,6 +85,9 @@ class Done:
     place in ``values`` then holds None). ``stopped`` is an item whose attempt was ended
     from outside (a timeout, a crashed worker). Every other item, after ``values``, did
     not run to the end and goes back to the queue without counting an attempt.
+
+    With ``cut`` set, it is not the end of the call but a notice that the call was cut
+    short (see :meth:`Backend.cut_short`); the call's own Done follows.
     """
 
     call_id: int
@@ -92,6 +97,24 @@ class Done:
     worker: str = ""
     started: float = 0.0
     elapsed: float = 0.0
+    cut: Cut | None = None
+
+
+@dataclass(slots=True)
+class Cut:
+    """A running call cut short: its worker runs none of its items from ``limit`` on.
+
+    ``values`` and ``errors`` are its first items, already ended (they are settled at
+    once, and its Done later repeats them); ``began`` (clock) and ``started`` (epoch)
+    are when the call started on ``worker``.
+    """
+
+    limit: int
+    values: list[Any]
+    errors: dict[int, Failure] | None
+    worker: str
+    began: float
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +179,7 @@ def run_items(
     catch: type[BaseException] = Exception,
     *,
     passthrough: Callable[[BaseException], bool] | None = None,
+    stop: list[int] | None = None,
 ) -> bool:
     """Run the items of ``call``, appending each value to ``out``.
 
@@ -164,44 +188,76 @@ def run_items(
     unmarked one costs no more per item than a plain ``for`` loop. Returns False if
     ``mark`` abandoned the chunk. ``catch`` is what counts as a task's own failure:
     ``passthrough`` picks, among those, what is not the task's own (a real Ctrl+C inline).
+    ``stop`` lets another thread cut the chunk short (see :func:`cut_at`).
     """
     it = iter(call.items)
     fn = call.fn
+    halt = [] if stop is None else stop
     while True:
         try:
             if mark is not None:
                 return _marked_loop(call.mode, fn, it, out, mark)
-            _fast_loop(call.mode, fn, it, out)
+            _fast_loop(call.mode, fn, it, out, halt)
             return True
         except catch as error:  # a task's exception is its result
             if passthrough is not None and passthrough(error):
                 raise  # not the task's: a real Ctrl+C, say
             errors[len(out)] = capture(error)
             out.append(None)
+            if halt and len(out) >= halt[-1]:
+                return True
 
 
-def _fast_loop(mode: int, fn: Callable[..., Any] | None, it: Iterator[Any], out: list[Any]) -> None:
-    # Plain ``for`` loops, as fast as ``out.extend(map(fn, it))`` but for one thing: map()
-    # takes a StopIteration raised by ``fn`` for its own end and stops silently, dropping
-    # the item, while a loop body lets it propagate like any other exception. ``it`` is
-    # shared, so after an exception len(out) is the failing item and the loop resumes
-    # after it.
+def _fast_loop(
+    mode: int, fn: Callable[..., Any] | None, it: Iterator[Any], out: list[Any], stop: list[int]
+) -> None:
+    # Plain ``for`` loops: map() would take a StopIteration raised by ``fn`` for its own
+    # end and stop silently, dropping the item; a loop body lets it propagate like any
+    # other exception. ``it`` is shared, so after an exception len(out) is the failing
+    # item and the loop resumes after it. ``if stop`` costs next to nothing until another
+    # thread cuts the chunk short (see cut_at).
     append = out.append
     if mode == SINGLE:
         assert fn is not None
         for item in it:
             append(fn(item))
+            if stop and len(out) >= stop[-1]:
+                return
     elif mode == STAR:
         assert fn is not None
         for item in it:
             append(fn(*item))
+            if stop and len(out) >= stop[-1]:
+                return
     elif mode == KWARGS:
         assert fn is not None
         for item in it:
             append(fn(**item))
+            if stop and len(out) >= stop[-1]:
+                return
     else:
         for f, args, kwargs in it:
             append(f(*args, **kwargs))
+            if stop and len(out) >= stop[-1]:
+                return
+
+
+def cut_at(out: list[Any], stop: list[int]) -> tuple[int, int]:
+    """From another thread, stop a chunk that a worker thread runs with ``out``/``stop``.
+
+    Returns ``limit``: the worker will run no item at or after it (those are the
+    caller's to hand to another worker), and it runs at least the item it is on. The
+    worker publishes progress by appending to ``out`` and checks ``stop`` after each
+    item; under the GIL each step is atomic and the steps of both threads interleave in
+    one order, so once ``len(out) < limit`` is read after ``limit`` was set, the worker
+    must see ``limit`` before it could start item ``limit``. Items before ``limit`` that
+    it does not run come back as not run, in its Done. Also returns how many items had
+    ended when ``limit`` was set (``out`` holds their results for good).
+    """
+    stop.append(len(out) + 1)
+    while (ended := len(out)) >= stop[-1]:  # it moved on meanwhile: aim past it
+        stop.append(ended + 1)
+    return stop[-1], ended
 
 
 def _marked_loop(
@@ -227,13 +283,19 @@ def call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
     return f(*args, **kwargs)
 
 
-def run_call(call: Call, worker: str, catch: type[BaseException] = Exception) -> Done:
-    """Run a whole call in this thread, timing it."""
-    out: list[Any] = []
+def run_call(
+    call: Call,
+    worker: str,
+    catch: type[BaseException] = Exception,
+    out: list[Any] | None = None,
+    stop: list[int] | None = None,
+) -> Done:
+    """Run a whole call in this thread, timing it (into ``out``, if given)."""
+    out = [] if out is None else out
     errors: dict[int, Failure] = {}
     started = time.time()
     t0 = time.perf_counter()
-    run_items(call, out, errors, None, catch)
+    run_items(call, out, errors, None, catch, stop=stop)
     return Done(call.id, out, errors or None, None, worker, started, time.perf_counter() - t0)
 
 
@@ -282,6 +344,23 @@ class Backend(ABC):
         when that item is no longer running (it finished in the meantime).
         """
         return False
+
+    def started_calls(self) -> list[tuple[int, float]]:
+        """``(call id, when it started on its worker)`` (clock time) of the calls of more
+        than one item now running, that :meth:`cut_short` was not yet asked about."""
+        return []
+
+    def cut_short(self, call_id: int) -> Cut | None:
+        """Run no more of a call's items than needed: the one running still ends.
+
+        A call that runs far past its expected time holds items that an idle worker
+        could run, and results that the caller could have. Returns a :class:`Cut` (the
+        engine hands the items from ``limit`` on to other workers at once, and settles
+        the ended ones), or None when the backend can only stop at the end of the
+        running item: what ran comes back in the Done and the rest, as always, goes
+        back to the queue.
+        """
+        return None
 
     def release_idle(self) -> None:  # noqa: B027 - optional: a hint, nothing to do by default
         """The input is exhausted: new calls can now only be retries. A backend may let

@@ -41,9 +41,10 @@ from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
 from .._start import main_file, start_method, starting
-from ._base import Backend, Call, Done, Failure, Setup, describe_failure
+from ._base import Backend, Call, Cut, Done, Failure, Setup, describe_failure
 from ._worker import (
     CALL_ID,
+    CUT_NOTICE,
     FUNCTION,
     INDEX,
     ONE_BY_ONE,
@@ -57,6 +58,7 @@ from ._worker import (
     TIMED,
     WorkerSpec,
     call_header,
+    decode_cut,
     decode_reply,
     unrebuildable_result,
     worker_main,
@@ -114,6 +116,7 @@ class _Sent:
 class _Worker:
     __slots__ = (
         "conn",
+        "control",
         "dump",
         "functions",
         "items",
@@ -126,6 +129,7 @@ class _Worker:
 
     def __init__(self, process: Any, conn: Any, dump: Any, slot: int, name: str) -> None:
         self.process, self.conn, self.dump, self.slot, self.name = process, conn, dump, slot, name
+        self.control: Any = None  # where cut requests go (see _worker._serve_cuts)
         self.since = 0.0  # when its first outstanding call became the one it runs
         self.outstanding: deque[_Sent] = deque()
         self.functions: set[int] = set()
@@ -219,6 +223,21 @@ class ProcessBackend(Backend):
         done, self._ready = self._ready, []
         return done
 
+    def started_calls(self) -> list[tuple[int, float]]:
+        found = []
+        for worker in self._workers:
+            if worker.outstanding and worker.outstanding[0].count > 1:
+                found.append((worker.outstanding[0].call.id, worker.since))
+        return found
+
+    def cut_short(self, call_id: int) -> Cut | None:
+        # The worker's own cut thread decides, exactly, where the task loop stops; its
+        # CUT notice comes back through wait(), ahead of the call's reply.
+        for worker in self._workers:
+            if worker.outstanding and worker.outstanding[0].call.id == call_id:
+                _send_quietly(worker.control, call_id.to_bytes(8, "little", signed=True))
+        return None
+
     def running(self) -> list[tuple[int, int, float]]:
         marks = self._marks
         found = []
@@ -273,6 +292,7 @@ class ProcessBackend(Backend):
                     _kill(worker.process)
                 worker.conn.close()
                 worker.dump.close()
+                worker.control.close()
                 self._workers.remove(worker)
             if self._lifeline is not None:
                 self._lifeline.close()
@@ -332,7 +352,7 @@ class ProcessBackend(Backend):
         # to be short and is not running late. Otherwise one slow task would hold back
         # the call queued behind it while other workers go idle.
         running = worker.outstanding[0].call.expected
-        if running is None or time.monotonic() - worker.since > running:
+        if running is None or self.clock.now() - worker.since > running:
             return False
         head = self._queue[0]
         size = len(head.body)
@@ -347,7 +367,7 @@ class ProcessBackend(Backend):
             sent.limit = self._max_tasks - worker.items
         worker.items += count if sent.limit is None else sent.limit
         if not worker.outstanding:
-            worker.since = time.monotonic()
+            worker.since = self.clock.now()
         worker.outstanding.append(sent)
         try:
             if sent.fn_id >= 0 and sent.fn_id not in worker.functions:
@@ -364,8 +384,11 @@ class ProcessBackend(Backend):
         try:
             while worker.outstanding and conn.poll():
                 message = conn.recv_bytes()
+                if message[:1] == CUT_NOTICE:
+                    self._on_cut(worker, message)
+                    continue
                 self._on_reply(worker, worker.outstanding.popleft(), message)
-                worker.since = time.monotonic()
+                worker.since = self.clock.now()
         except (EOFError, OSError):
             pass  # it died mid-reply: the sentinel is ready too
 
@@ -390,7 +413,15 @@ class ProcessBackend(Backend):
                 return
             assert failures is not None
             values, failures = [None], {0: failures[0]}
+        worker.items -= sent.count - len(values)  # cut short: it ran fewer than it was sent
         self._ready.append(Done(call_id, values, failures, None, worker.name, started, elapsed))
+
+    def _on_cut(self, worker: _Worker, message: bytes) -> None:
+        call_id, limit, values, failures = decode_cut(message)
+        sent = worker.outstanding[0]
+        cut = Cut(limit, values, failures, worker.name, worker.since, time.time())
+        if sent.call.id == call_id:
+            self._ready.append(Done(call_id, [], None, None, worker.name, cut=cut))
 
     def _again(self, sent: _Sent, flag: int) -> None:
         """Send ``sent`` again, first, with its items or results pickled one by one."""
@@ -444,6 +475,7 @@ class ProcessBackend(Backend):
         self._free.append(worker.slot)
         worker.conn.close()
         worker.dump.close()
+        worker.control.close()
 
     # --- workers ------------------------------------------------------------------------
 
@@ -463,6 +495,7 @@ class ProcessBackend(Backend):
         context: Any = multiprocessing.get_context(method)
         conn, child_conn = context.Pipe(duplex=True)
         dump, child_dump = context.Pipe(duplex=False)
+        child_control, control = context.Pipe(duplex=False)
         name = f"process-{next(self._numbers)}"
         spec = WorkerSpec(
             child_conn,
@@ -473,13 +506,17 @@ class ProcessBackend(Backend):
             self._init_blob,
             self._max_tasks,
             child_dump,
+            child_control,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
         with starting(method):
             process.start()
         child_conn.close()
         child_dump.close()
-        self._workers.append(_Worker(process, conn, dump, slot, name))
+        child_control.close()
+        worker = _Worker(process, conn, dump, slot, name)
+        worker.control = control
+        self._workers.append(worker)
 
 
 _IDLE_HINT = (
@@ -522,8 +559,11 @@ def _task_frames(dump: str) -> str:
     library = os.path.dirname(multiprocessing.__file__)
     for section in dump.split("\n\n"):
         lines = section.splitlines()
-        if any(" in watch" in line and "_worker.py" in line for line in lines):
-            continue  # the lifeline thread
+        if any(
+            (" in watch" in line or " in _serve_cuts" in line) and "_worker.py" in line
+            for line in lines
+        ):
+            continue  # the lifeline thread, the cut thread
         # Most recent first: the task's frames are those above taskfan's own (a forked
         # worker's stack goes on into the frames it was forked from).
         frames = list(itertools.takewhile(lambda line: ours not in line, lines[1:]))

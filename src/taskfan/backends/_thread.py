@@ -23,11 +23,12 @@ from .._clock import Clock
 from ._base import (
     Backend,
     Call,
+    Cut,
     Done,
     Failure,
     Setup,
     capture,
-    run_call,
+    cut_at,
     run_items,
     where_stuck,
 )
@@ -44,13 +45,16 @@ class _Slot:
 
     __slots__ = (
         "abandoned",
+        "began",
         "call",
         "errors",
         "index",
         "lock",
         "name",
         "out",
+        "run",
         "started",
+        "stop",
         "t0",
         "thread",
     )
@@ -63,9 +67,27 @@ class _Slot:
         self.errors: dict[int, Failure] = {}
         self.index = -1
         self.started = 0.0
+        self.began = 0.0  # clock time the timed call began
         self.t0 = 0.0
         self.abandoned = False
         self.thread: threading.Thread | None = None
+        self.stop: list[int] = []  # a timed call's cut-off, set under ``lock``
+        # An untimed call in progress, published as one value so that a reader never
+        # mixes two calls: (call, its out list, its stop list, clock time it started).
+        self.run: _Run | None = None
+
+
+class _Run:
+    """An untimed call in progress, published as one value so that a reader never mixes
+    the state of two calls."""
+
+    __slots__ = ("began", "call", "errors", "out", "started", "stop")
+
+    def __init__(self, call: Call, began: float) -> None:
+        self.call, self.began, self.started = call, began, time.time()
+        self.out: list[Any] = []
+        self.errors: dict[int, Failure] = {}
+        self.stop: list[int] = []
 
 
 class ThreadBackend(Backend):
@@ -128,6 +150,36 @@ class ThreadBackend(Backend):
                 break
         self._outstanding -= len(done)
         return done
+
+    def started_calls(self) -> list[tuple[int, float]]:
+        found = []
+        for slot in self._slots:
+            run = slot.run
+            if run is not None and not run.stop and len(run.call.items) > 1:
+                found.append((run.call.id, run.began))
+            call = slot.call
+            if call is not None and not slot.stop and len(call.items) > 1:
+                found.append((call.id, slot.began))
+        return found
+
+    def cut_short(self, call_id: int) -> Cut | None:
+        for slot in self._slots:
+            run = slot.run
+            if run is not None and run.call.id == call_id:
+                limit, ended = cut_at(run.out, run.stop)
+                # errors are recorded before their item's place in out, so those of
+                # the ended items are all there
+                errors = {i: f for i, f in list(run.errors.items()) if i < ended} or None
+                values = run.out[:ended]
+                return Cut(limit, values, errors, slot.name, run.began, run.started)
+            with slot.lock:  # a timed call: mark() takes the lock, so this is exact
+                if slot.call is not None and slot.call.id == call_id and not slot.abandoned:
+                    ended = max(slot.index, 0)
+                    slot.stop.append(ended + 1)
+                    errors = {i: f for i, f in slot.errors.items() if i < ended} or None
+                    started = time.time() - (time.perf_counter() - slot.t0)
+                    return Cut(ended + 1, slot.out[:ended], errors, slot.name, slot.began, started)
+        return None
 
     def running(self) -> list[tuple[int, int, float]]:
         found = []
@@ -215,7 +267,7 @@ class ThreadBackend(Backend):
             elif call.timed:
                 done = self._run_timed(call, slot)
             else:
-                done = run_call(call, slot.name, catch=BaseException)
+                done = self._run_untimed(call, slot)
             if done is None or self._closing:
                 return  # abandoned by a timeout, or the run was cancelled
             outbox.put(done)
@@ -231,24 +283,37 @@ class ThreadBackend(Backend):
             return failure
         return None
 
+    def _run_untimed(self, call: Call, slot: _Slot) -> Done:
+        run = _Run(call, self.clock.now())
+        slot.run = run
+        try:
+            t0 = time.perf_counter()
+            run_items(call, run.out, run.errors, None, BaseException, stop=run.stop)
+            elapsed = time.perf_counter() - t0
+            return Done(call.id, run.out, run.errors or None, None, slot.name, run.started, elapsed)
+        finally:
+            slot.run = None
+
     def _run_timed(self, call: Call, slot: _Slot) -> Done | None:
         now = self.clock.now
         lock = slot.lock
         with lock:
             slot.call, slot.out, slot.errors, slot.index = call, [], {}, -1
+            slot.stop = []
             slot.t0 = time.perf_counter()
+            slot.began = now()
         started = time.time()
 
         def mark(index: int) -> bool:
             with lock:
-                if slot.abandoned:
-                    return False
+                if slot.abandoned or (slot.stop and index >= slot.stop[-1]):
+                    return False  # abandoned by a timeout, or cut short
                 slot.index, slot.started = index, now()
             return True
 
-        finished = run_items(call, slot.out, slot.errors, mark, catch=BaseException)
+        run_items(call, slot.out, slot.errors, mark, catch=BaseException)
         with lock:
-            if slot.abandoned or not finished:
+            if slot.abandoned:
                 return None
             slot.call, slot.index = None, -1
             elapsed = time.perf_counter() - slot.t0

@@ -28,10 +28,11 @@ from typing import Any
 
 from .._errors import TaskError
 from .._pickling import dumps_by_value
-from ._base import SINGLE, Failure, call_one, describe_failure
+from ._base import SINGLE, Failure, call_one, cut_at, describe_failure
 
 __all__ = [
     "CALL",
+    "CUT_NOTICE",
     "FUNCTION",
     "ONE_BY_ONE",
     "SEPARATE",
@@ -40,12 +41,14 @@ __all__ = [
     "TIMED",
     "WorkerSpec",
     "call_header",
+    "decode_cut",
     "decode_reply",
     "unrebuildable_result",
     "worker_main",
 ]
 
 FUNCTION, CALL, STOP = b"F", b"C", b"S"
+CUT_NOTICE = b"K"  # worker to parent, ahead of a reply; replies are pickles (b"\x80")
 HEADER = 17  # kind, call id, item limit
 
 # Flags of a call's body. A body is one pickle of (function id, mode, items, flags):
@@ -76,6 +79,13 @@ def call_header(call_id: int, limit: int | None) -> bytes:
 
 
 # --- parent side ---------------------------------------------------------------------------
+
+
+def decode_cut(message: bytes) -> tuple[int, int, list[Any], dict[int, Failure] | None]:
+    """``(call id, limit, values, failures)`` of a CUT notice (see ``_serve_cuts``)."""
+    call_id, limit, values, records = pickle.loads(message[1:])
+    failures = {i: _failure(record) for i, record in records.items()} or None
+    return call_id, limit, values, failures
 
 
 def decode_reply(
@@ -141,6 +151,7 @@ class WorkerSpec:
     init_blob: bytes | None
     max_tasks: int | None
     dump: Any = None  # where faulthandler writes this worker's stacks on SIGUSR1
+    control: Any = None  # the parent asks here to cut a call short (see _serve_cuts)
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -161,8 +172,39 @@ def worker_main(spec: WorkerSpec) -> None:
     marks = memoryview(spec.slots).cast("B").cast("q")
     base = spec.slot * SLOT_FIELDS
     broken = _initialize(spec.init_blob)
+    loop = _Loop(spec.conn, marks, base, broken)
+    if spec.control is not None:
+        threading.Thread(
+            target=_serve_cuts, args=(loop, spec.control), name="taskfan-control", daemon=True
+        ).start()
     marks[base + STATE] = READY
-    _Loop(spec.conn, marks, base, broken).serve(spec.max_tasks)
+    loop.serve(spec.max_tasks)
+
+
+def _serve_cuts(loop: _Loop, control: Any) -> None:
+    """Cut the running call short when the parent asks, and tell it what it gets.
+
+    Both threads of this process run under one GIL, so :func:`cut_at` agrees with the
+    task loop on where it stops, exactly; the parent learns it from a CUT notice (the
+    limit, and the results that had ended) sent ahead of the call's reply.
+    """
+    while True:
+        try:
+            call_id = int.from_bytes(control.recv_bytes(), "little", signed=True)
+        except (EOFError, OSError):
+            return
+        current = loop.current
+        if current is None or current.call_id != call_id:
+            continue  # it ended already: its reply tells everything
+        limit, ended = cut_at(current.out, current.stop)
+        records = {i: r for i, r in list(current.records.items()) if i < ended}
+        notice = (call_id, limit, current.out[:ended], records)
+        try:
+            body = pickle.dumps(notice, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # results that need more than pickle: they come with the reply
+            body = pickle.dumps((call_id, limit, [], {}), protocol=pickle.HIGHEST_PROTOCOL)
+        current.harvested = ended
+        loop.send(CUT_NOTICE + body)
 
 
 def _watch_parent(lifeline: Any) -> None:
@@ -198,6 +240,12 @@ class _Loop:
     def __init__(self, conn: Any, marks: memoryview, base: int, broken: ErrorRecord | None) -> None:
         self.conn, self.marks, self.base, self.broken = conn, marks, base, broken
         self.functions: dict[int, Any] = {}
+        self.current: _Current | None = None
+        self._sending = threading.Lock()  # replies and cut notices share the pipe
+
+    def send(self, message: bytes) -> None:
+        with self._sending:
+            self.conn.send_bytes(message)
 
     def serve(self, max_tasks: int | None) -> None:
         ran = 0
@@ -236,7 +284,7 @@ class _Loop:
         except BaseException as error:  # some argument cannot be rebuilt here
             # Which one is not known: the parent sends the items again one by one.
             record = _record(error, retry=False)
-            self.conn.send_bytes(_encode_reply(call_id, None, {0: record}, started, 0.0, flags=0))
+            self.send(_encode_reply(call_id, None, {0: record}, started, 0.0, flags=0))
             return 0
         fn = self.functions.get(fn_id)
         if isinstance(fn, tuple):
@@ -246,20 +294,33 @@ class _Loop:
             values: list[Any] = [None] * n
             records = dict.fromkeys(range(n), broken)
         else:
-            values, records = self._run(fn, mode, itertools.islice(items, n), flags)
+            current = _Current(call_id)
+            self.current = current
+            try:
+                values, records = self._run(fn, mode, itertools.islice(items, n), flags, current)
+            finally:
+                self.current = None
+            values[: current.harvested] = [None] * current.harvested  # sent already
         # Nothing runs any more: pickling a large reply, or waiting for the parent to
         # read it, must not look like a late item to the parent's deadline check.
         self.marks[self.base + INDEX] = -1
         elapsed = time.perf_counter() - t0
-        self.conn.send_bytes(_encode_reply(call_id, values, records, started, elapsed, flags=flags))
-        return n
+        self.send(_encode_reply(call_id, values, records, started, elapsed, flags=flags))
+        return len(values)
 
     def _run(
-        self, fn: Callable[..., Any] | None, mode: int, items: Iterator[Any], flags: int
+        self,
+        fn: Callable[..., Any] | None,
+        mode: int,
+        items: Iterator[Any],
+        flags: int,
+        current: _Current,
     ) -> tuple[list[Any], dict[int, ErrorRecord]]:
-        """Run items in order; an exception fails only its item and the loop goes on."""
-        out: list[Any] = []
-        records: dict[int, ErrorRecord] = {}
+        """Run items in order; an exception fails only its item and the loop goes on.
+
+        After each item, ``if stop`` (next to free) tells whether the call was cut.
+        """
+        out, records, stop = current.out, current.records, current.stop
         marks, index = self.marks, self.base + INDEX
         while True:
             try:
@@ -269,8 +330,10 @@ class _Loop:
                     for i, item in enumerate(items, len(out)):
                         marks[index] = i
                         append(fn(item))
+                        if stop and len(out) >= stop[-1]:
+                            break
                 else:
-                    self._run_general(fn, mode, items, out, flags)
+                    self._run_general(fn, mode, items, out, flags, stop=stop)
                 return out, records
             except _BadArgument as bad:
                 records[len(out)] = _record(bad.error, retry=False)
@@ -278,6 +341,8 @@ class _Loop:
             except BaseException as error:  # a worker reports everything and carries on
                 records[len(out)] = _record(error)
                 out.append(None)
+            if stop and len(out) >= stop[-1]:
+                return out, records
 
     def _run_general(
         self,
@@ -286,6 +351,8 @@ class _Loop:
         items: Iterator[Any],
         out: list[Any],
         flags: int,
+        *,
+        stop: list[int],
     ) -> None:
         append = out.append
         marks, index, started = self.marks, self.base + INDEX, self.base + STARTED
@@ -296,6 +363,21 @@ class _Loop:
                 marks[started] = now()
             marks[index] = i
             append(call_one(mode, fn, _rebuild(item) if decode else item))
+            if stop and len(out) >= stop[-1]:
+                return
+
+
+class _Current:
+    """The call a worker runs now: what the cut thread may look at and cut."""
+
+    __slots__ = ("call_id", "harvested", "out", "records", "stop")
+
+    def __init__(self, call_id: int) -> None:
+        self.call_id = call_id
+        self.harvested = 0  # its first results, already sent with a CUT notice
+        self.out: list[Any] = []
+        self.records: dict[int, ErrorRecord] = {}
+        self.stop: list[int] = []
 
 
 class _BadArgument(Exception):
