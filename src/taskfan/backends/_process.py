@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import io
 import itertools
 import multiprocessing
 import os
@@ -101,11 +102,12 @@ def _importable(fn: Callable[..., Any]) -> bool:
 class _Sent:
     """A call on its way to (or held by) a worker: the call and its encoded body."""
 
-    __slots__ = ("body", "call", "flags", "fn_id", "limit")
+    __slots__ = ("body", "call", "cut", "flags", "fn_id", "limit")
 
     def __init__(self, call: Call, body: bytes, fn_id: int, flags: int) -> None:
         self.call, self.body, self.fn_id, self.flags = call, body, fn_id, flags
-        self.limit: int | None = None
+        self.limit: int | None = None  # items the worker may run (max_tasks_per_worker)
+        self.cut: int | None = None  # the worker runs none from here on (a CUT notice)
 
     @property
     def count(self) -> int:
@@ -232,10 +234,12 @@ class ProcessBackend(Backend):
 
     def cut_short(self, call_id: int) -> Cut | None:
         # The worker's own cut thread decides, exactly, where the task loop stops; its
-        # CUT notice comes back through wait(), ahead of the call's reply.
+        # CUT notice comes back through wait(), ahead of the call's reply. Calls sent
+        # ahead to that worker wait behind the slow one: they are recalled too.
         for worker in self._workers:
             if worker.outstanding and worker.outstanding[0].call.id == call_id:
-                _send_quietly(worker.control, call_id.to_bytes(8, "little", signed=True))
+                for sent in worker.outstanding:
+                    _send_quietly(worker.control, sent.call.id.to_bytes(8, "little", signed=True))
         return None
 
     def running(self) -> list[tuple[int, int, float]]:
@@ -408,7 +412,8 @@ class ProcessBackend(Backend):
             return
         if values is None:  # the worker could not rebuild the arguments
             worker.items -= sent.count  # it ran none of them
-            if len(sent.call.items) > 1 and not sent.flags & ONE_BY_ONE:
+            kept = len(sent.call.items) if sent.cut is None else sent.cut
+            if kept > 1 and not sent.flags & ONE_BY_ONE:
                 self._again(sent, ONE_BY_ONE)  # only the bad item will fail
                 return
             assert failures is not None
@@ -417,20 +422,27 @@ class ProcessBackend(Backend):
         self._ready.append(Done(call_id, values, failures, None, worker.name, started, elapsed))
 
     def _on_cut(self, worker: _Worker, message: bytes) -> None:
-        call_id, limit, values, failures = decode_cut(message)
-        sent = worker.outstanding[0]
-        cut = Cut(limit, values, failures, worker.name, worker.since, time.time())
-        if sent.call.id == call_id:
-            self._ready.append(Done(call_id, [], None, None, worker.name, cut=cut))
+        try:
+            call_id, limit, values, failures = decode_cut(message)
+        except Exception:  # the results come again with the reply; the limit matters
+            call_id, limit, values, failures = _cut_limit_only(message)
+        for sent in worker.outstanding:
+            if sent.call.id == call_id:
+                sent.cut = limit
+                cut = Cut(limit, values, failures, worker.name, worker.since, time.time())
+                self._ready.append(Done(call_id, [], None, None, worker.name, cut=cut))
 
     def _again(self, sent: _Sent, flag: int) -> None:
         """Send ``sent`` again, first, with its items or results pickled one by one."""
         flags = sent.flags | flag
-        body = self._encode(sent.call, sent.fn_id, flags)
+        call = sent.call
+        if sent.cut is not None:  # items past the cut went to other workers
+            call = Call(call.id, call.fn, call.mode, call.items[: sent.cut], call.timed)
+        body = self._encode(call, sent.fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)
         else:
-            self._queue.appendleft(_Sent(sent.call, body, sent.fn_id, flags))
+            self._queue.appendleft(_Sent(call, body, sent.fn_id, flags))
 
     def _on_exit(self, worker: _Worker) -> None:
         self._drain(worker)
@@ -466,8 +478,18 @@ class ProcessBackend(Backend):
         return describe_failure(error, text, "crashed")
 
     def _requeue(self, worker: _Worker) -> None:
-        """Calls a dead worker held but never started go first to the others."""
-        self._queue.extendleft(reversed(worker.outstanding))
+        """Calls a dead worker held but never started go first to the others.
+
+        A call that worker had given back by a CUT notice is not sent again: its items
+        already went to the other workers. It ends here, with nothing run.
+        """
+        again = []
+        for sent in worker.outstanding:
+            if sent.cut == 0:
+                self._ready.append(Done(sent.call.id, [], None, None, worker.name))
+            else:
+                again.append(sent)
+        self._queue.extendleft(reversed(again))
         worker.outstanding.clear()
 
     def _retire(self, worker: _Worker) -> None:
@@ -603,6 +625,17 @@ def _cannot_send(what: str, obj: object, error: Exception) -> str:
         "connections and clients inside the task (or in an initializer=) instead of "
         "capturing them, or use backend='thread'"
     )
+
+
+def _cut_limit_only(message: bytes) -> tuple[int, int, list[Any], None]:
+    """A CUT notice whose results cannot be rebuilt here: its call and limit only."""
+
+    class _Skip(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return lambda *args, **kwargs: None
+
+    call_id, limit, _, _ = _Skip(io.BytesIO(message[1:])).load()
+    return call_id, limit, [], None
 
 
 def _dumps_item(item: Any) -> bytes:

@@ -193,9 +193,16 @@ def _serve_cuts(loop: _Loop, control: Any) -> None:
             call_id = int.from_bytes(control.recv_bytes(), "little", signed=True)
         except (EOFError, OSError):
             return
-        current = loop.current
-        if current is None or current.call_id != call_id:
-            continue  # it ended already: its reply tells everything
+        with loop.starting:
+            current = loop.current
+            if current is None or current.call_id != call_id:
+                # Not started (it waits in the pipe behind a slow call): it will not
+                # run here at all. If it ended already instead, its reply is ahead of
+                # this notice, and the parent ignores the notice.
+                loop.recalled.add(call_id)
+                loop.send(CUT_NOTICE + pickle.dumps((call_id, 0, [], {})))
+                continue
+            # (under the lock: the task loop does not take it, the call cannot start)
         limit, ended = cut_at(current.out, current.stop)
         records = {i: r for i, r in list(current.records.items()) if i < ended}
         notice = (call_id, limit, current.out[:ended], records)
@@ -203,7 +210,6 @@ def _serve_cuts(loop: _Loop, control: Any) -> None:
             body = pickle.dumps(notice, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # results that need more than pickle: they come with the reply
             body = pickle.dumps((call_id, limit, [], {}), protocol=pickle.HIGHEST_PROTOCOL)
-        current.harvested = ended
         loop.send(CUT_NOTICE + body)
 
 
@@ -241,6 +247,8 @@ class _Loop:
         self.conn, self.marks, self.base, self.broken = conn, marks, base, broken
         self.functions: dict[int, Any] = {}
         self.current: _Current | None = None
+        self.recalled: set[int] = set()  # calls not to run: the parent gave them to others
+        self.starting = threading.Lock()  # a call starts, or is recalled: never both
         self._sending = threading.Lock()  # replies and cut notices share the pipe
 
     def send(self, message: bytes) -> None:
@@ -274,9 +282,27 @@ class _Loop:
     def _answer(self, message: bytes) -> int:
         call_id = int.from_bytes(message[1:9], "little", signed=True)
         limit = int.from_bytes(message[9:17], "little", signed=True)
+        started = time.time()
+        current = _Current(call_id)
+        with self.starting:
+            recalled = call_id in self.recalled
+            if recalled:
+                self.recalled.discard(call_id)
+            else:
+                self.current = current  # from here on, a cut request cuts this call
+        if recalled:  # it runs elsewhere: answer at once, with nothing
+            self.send(_encode_reply(call_id, [], {}, started, 0.0, flags=0))
+            return 0
+        try:
+            return self._run_call(call_id, limit, message, current, started)
+        finally:
+            self.current = None
+
+    def _run_call(
+        self, call_id: int, limit: int, message: bytes, current: _Current, started: float
+    ) -> int:
         self.marks[self.base + CALL_ID] = call_id
         self.marks[self.base + INDEX] = -1
-        started = time.time()
         t0 = time.perf_counter()
         broken = self.broken
         try:
@@ -294,13 +320,7 @@ class _Loop:
             values: list[Any] = [None] * n
             records = dict.fromkeys(range(n), broken)
         else:
-            current = _Current(call_id)
-            self.current = current
-            try:
-                values, records = self._run(fn, mode, itertools.islice(items, n), flags, current)
-            finally:
-                self.current = None
-            values[: current.harvested] = [None] * current.harvested  # sent already
+            values, records = self._run(fn, mode, itertools.islice(items, n), flags, current)
         # Nothing runs any more: pickling a large reply, or waiting for the parent to
         # read it, must not look like a late item to the parent's deadline check.
         self.marks[self.base + INDEX] = -1
@@ -370,11 +390,10 @@ class _Loop:
 class _Current:
     """The call a worker runs now: what the cut thread may look at and cut."""
 
-    __slots__ = ("call_id", "harvested", "out", "records", "stop")
+    __slots__ = ("call_id", "out", "records", "stop")
 
     def __init__(self, call_id: int) -> None:
         self.call_id = call_id
-        self.harvested = 0  # its first results, already sent with a CUT notice
         self.out: list[Any] = []
         self.records: dict[int, ErrorRecord] = {}
         self.stop: list[int] = []
