@@ -141,3 +141,42 @@ def test_a_rate_spaces_starts_and_stops_with_the_input() -> None:
     run(task, list(range(3)), clock, rate="2/s")
     assert [s - starts[0] for s in starts] == pytest.approx([0.0, 0.5, 1.0])
     assert sum(clock.sleeps) == pytest.approx(1.0)  # no slot waited for after the last
+
+
+class FailsOnce:
+    """Item 0 fails its first attempt; records the virtual time of every start."""
+
+    def __init__(self, clock: MockClock, value: Any = None) -> None:
+        self.clock, self.value = clock, value
+        self.starts: list[tuple[int, float]] = []
+
+    def __call__(self, x: int) -> Any:
+        self.starts.append((x, self.clock.now()))
+        if x == 0 and sum(1 for i, _ in self.starts if i == 0) == 1:
+            raise OSError("first attempt of the head task")
+        return x if self.value is None else self.value
+
+
+def test_a_head_task_waiting_for_its_retry_stops_no_intake_of_small_results() -> None:
+    # 100,000 tasks is more than the automatic window's count: a window that counted
+    # the results waiting behind the head task would stop intake until its retry.
+    clock = MockClock()
+    task = FailsOnce(clock)
+    n = 100_000
+    engine = run(task, list(range(n)), clock, retries=1, backoff=10.0)
+    retry_at = [t for x, t in task.starts if x == 0][1]
+    assert retry_at > 1000.0  # it waited out a backoff (the clock starts at 1000)
+    ran_before_retry = sum(1 for x, t in task.starts if x != 0 and t < retry_at)
+    assert ran_before_retry == n - 1
+    assert engine.report.ok == n
+
+
+def test_a_head_task_waiting_for_its_retry_stops_intake_at_the_byte_bound() -> None:
+    clock = MockClock()
+    megabyte = b"x" * 1_000_000
+    task = FailsOnce(clock, value=megabyte)
+    engine = run(task, list(range(500)), clock, retries=1, backoff=10.0, window_bytes="20MB")
+    retry_at = [t for x, t in task.starts if x == 0][1]
+    ran_before_retry = sum(1 for x, t in task.starts if x != 0 and t < retry_at)
+    assert 20 <= ran_before_retry <= 120  # up to the bound, plus what was on its way
+    assert engine.report.ok == 500

@@ -137,3 +137,17 @@ def test_imap_ordered_must_be_a_boolean(ordered: Any) -> None:
 def test_refusing_errors_says_what_the_front_does_instead(front: Any, says: str) -> None:
     with pytest.raises(TypeError, match=says):
         front()
+
+
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [(1024, 1024), ("256MB", 256 * 10**6), ("1 GiB", 2**30), ("512kib", 512 * 1024)],
+)
+def test_window_bytes_takes_sizes(given: Any, size: int) -> None:
+    assert make_options("map", {"window_bytes": given}).window_bytes == size
+
+
+@pytest.mark.parametrize("bad", [0, -5, "lots", "5 parsecs", 1.5, True])
+def test_window_bytes_refuses_what_is_not_a_size(bad: Any) -> None:
+    with pytest.raises(ValueError, match="window_bytes must be"):
+        taskfan.map(abs, [1], window_bytes=bad)

@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import random
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -169,7 +170,9 @@ class Engine:
         self._skip: dict[int, int] = {}  # call id -> its first items, already settled
         self._pending: deque[Span] = deque()
         self._timers: list[tuple[float, int, Span]] = []
-        self._buffer: dict[int, Piece] = {}
+        self._buffer: dict[int, Piece] = {}  # ended out of order, waiting for the head
+        self._weights: dict[int, int] = {}  # their estimated bytes, by seq
+        self._buffered_bytes = self._buffered_items = 0
         self._next_out = 0
         self._out: deque[Piece] = deque()
         self._emitted = 0
@@ -327,7 +330,7 @@ class Engine:
             return self._pending.popleft()
         if self._exhausted:
             return None
-        room = window - (self.tally.pulled - self._emitted)
+        room = window - self._held()
         if room <= 0:
             return None
         size = min(self._sizer.size(self._remaining()), room, cap)
@@ -370,6 +373,22 @@ class Engine:
             return self.options.window
         wanted = 2 * self._max_calls * self._sizer.size()
         return max(4 * self.plan.workers, min(wanted, AUTO_WINDOW_MAX))
+
+    def _held(self) -> int:
+        """Tasks that count against the window.
+
+        A ``window`` given by the caller counts every task taken and not yet handed
+        back. The automatic one counts the tasks still to end (running, queued, waiting
+        out a retry's backoff); finished results that wait for an earlier task, in
+        order, are bounded by what they weigh instead (``window_bytes``): a head task
+        waiting for its retry then stops nothing while the results behind it are small.
+        """
+        held = self.tally.pulled - self._emitted
+        if self.options.window is not None:
+            return held
+        if self._buffered_bytes >= self.options.window_bytes:
+            return AUTO_WINDOW_MAX + held  # full: take nothing until the head ends
+        return held - self._buffered_items
 
     def _send(self, span: Span) -> None:
         per_item = self._sizer.per_item
@@ -582,12 +601,18 @@ class Engine:
             start = hole + 1
 
     def _emit(self, piece: Piece) -> None:
-        if not self._ordered:
-            self._out.append(piece)
+        if not self._ordered or (piece.seq == self._next_out and not self._buffer):
+            self._out.append(piece)  # in order (or unordered): nothing waits, nothing weighed
+            self._next_out += len(piece.items)
             return
         self._buffer[piece.seq] = piece
+        self._weights[piece.seq] = weight = _weigh(piece.values)
+        self._buffered_bytes += weight
+        self._buffered_items += len(piece.items)
         while self._next_out in self._buffer:
             ready = self._buffer.pop(self._next_out)
+            self._buffered_bytes -= self._weights.pop(ready.seq)
+            self._buffered_items -= len(ready.items)
             self._out.append(ready)
             self._next_out += len(ready.items)
 
@@ -623,6 +648,26 @@ class TaskRaisedStopIteration(RuntimeError):
         )
         self.error = error
         self.__cause__ = error
+
+
+def _weigh(values: list[Any]) -> int:
+    """Bytes that ``values`` hold, estimated from a sample (one level into containers)."""
+    n = len(values)
+    if n == 0:
+        return 0
+    step = max(1, n // 8)
+    sample = values[::step][:8]
+    total = sum(_size(v) for v in sample)
+    return 64 + 8 * n + total * n // len(sample)
+
+
+def _size(value: Any) -> int:
+    size = sys.getsizeof(value, 64)
+    if isinstance(value, list | tuple | set | frozenset | dict) and value:
+        items = list(value.values() if isinstance(value, dict) else value)
+        head = items[:8]
+        size += sum(sys.getsizeof(v, 64) for v in head) * len(items) // len(head)
+    return size
 
 
 def _without_first(done: Done, k: int) -> Done:

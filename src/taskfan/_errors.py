@@ -16,6 +16,8 @@ taskfan itself has to say about a task or a run::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "Cancelled",
     "TaskError",
@@ -104,12 +106,23 @@ class TaskTraceback(Exception):
     followed by where the caller received it.
     """
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
+    def __init__(self, text: str | Callable[[], str]) -> None:
+        super().__init__()
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        """The formatted traceback (formatted when first asked for)."""
+        text = self._text
+        if not isinstance(text, str):
+            text = self._text = text()
+        return text
 
     def __str__(self) -> str:
         return "\n\n" + self.text.rstrip("\n")
+
+    def __reduce__(self) -> tuple[type[TaskTraceback], tuple[str]]:
+        return (type(self), (self.text,))
 
 
 def _signal_name(number: int) -> str:

@@ -47,6 +47,7 @@ class Options:
     errors: str = "raise"
     chunksize: int | None = None
     window: int | None = None
+    window_bytes: int = 256 * 2**20
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     max_tasks_per_worker: int | None = None
@@ -203,6 +204,29 @@ def _check_window(value: Any) -> int | None:
     raise ValueError(f"window must be 'auto' or an integer >= 1, got {value!r}")
 
 
+_BYTE_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$")
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A size in bytes from an integer or a string like ``"256MB"`` or ``"1 GiB"``."""
+    if _is_int(value) and value >= 1:
+        return int(value)
+    if isinstance(value, str):
+        match = _BYTES_RE.match(value.lower())
+        if match and (match.group(2) or "b") in _BYTE_UNITS:
+            size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or "b"])
+            if size >= 1:
+                return size
+    raise ValueError(
+        f"{name} must be a number of bytes >= 1 or a string like '256MB', '1GB', "
+        f"'512MiB'; got {value!r}"
+    )
+
+
 def _check_callable(name: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is not None and not callable(value):
@@ -264,6 +288,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "errors": _choice("errors", _ERRORS),
     "chunksize": _check_chunksize,
     "window": _check_window,
+    "window_bytes": lambda value: parse_bytes("window_bytes", value),
     "initializer": _check_callable("initializer"),
     "initargs": _check_initargs,
     "max_tasks_per_worker": _int_at_least("max_tasks_per_worker", 1, optional=True),

@@ -63,18 +63,37 @@ class Call:
     expected: float | None = None
 
 
-@dataclass(slots=True)
 class Failure:
     """How one item's attempt failed: the exception, the worker's traceback, the kind.
 
     ``retry`` is False for failures that another attempt cannot mend (a result or an
-    argument that cannot be pickled, a broken initializer).
+    argument that cannot be pickled, a broken initializer). The traceback may be given
+    as a function that formats it: most failures that are retried are never looked at,
+    and formatting is the dearest part of a failure.
     """
 
-    error: BaseException
-    traceback: str
-    status: Status = "failed"
-    retry: bool = True
+    __slots__ = ("_traceback", "error", "retry", "status")
+
+    def __init__(
+        self,
+        error: BaseException,
+        traceback: str | Callable[[], str],
+        status: Status = "failed",
+        retry: bool = True,
+    ) -> None:
+        self.error, self._traceback, self.status, self.retry = error, traceback, status, retry
+
+    @property
+    def traceback(self) -> str:
+        """The worker's formatted traceback."""
+        text = self._traceback
+        if not isinstance(text, str):
+            text = self._traceback = text()
+        return text
+
+    @traceback.setter
+    def traceback(self, text: str) -> None:
+        self._traceback = text
 
 
 @dataclass(slots=True)
@@ -131,10 +150,14 @@ Mark = Callable[[int], bool]
 """Called with an item's index just before it runs; returning False abandons the chunk."""
 
 
-def describe_failure(error: BaseException, tb_text: str, status: Status = "failed") -> Failure:
-    """Record ``error`` with its worker traceback, attached as ``__cause__`` (SPEC 3)."""
-    error.__cause__ = TaskTraceback(tb_text)
-    return Failure(error, tb_text, status)
+def describe_failure(
+    error: BaseException, tb_text: str | Callable[[], str], status: Status = "failed"
+) -> Failure:
+    """Record ``error`` with its worker traceback, attached as ``__cause__``, as
+    concurrent.futures does for processes."""
+    failure = Failure(error, tb_text, status)
+    error.__cause__ = TaskTraceback(lambda: failure.traceback)
+    return failure
 
 
 def where_stuck(thread_id: int | None, failure: Failure) -> None:
@@ -167,7 +190,18 @@ def capture(error: BaseException) -> Failure:
     # The first frames are the chunk runner's own loops: the user does not need them.
     while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(error), error, tb))
+    cause, suppress = error.__cause__, error.__suppress_context__
+
+    def text() -> str:
+        # Formatted when first read, with the exception's own cause: by then __cause__
+        # holds the TaskTraceback that reads this very text.
+        ours = error.__cause__, error.__suppress_context__
+        error.__cause__, error.__suppress_context__ = cause, suppress
+        try:
+            return "".join(traceback.format_exception(type(error), error, tb))
+        finally:
+            error.__cause__, error.__suppress_context__ = ours
+
     return describe_failure(error, text)
 
 
