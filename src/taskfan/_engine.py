@@ -51,6 +51,8 @@ AUTO_WINDOW_MAX = 65_536
 CUT_FACTOR = 4.0
 #: ...and at least this long (seconds): jitter alone never cuts a chunk
 CUT_FLOOR = 0.05
+#: retries falling due within this many seconds of each other go out in one call
+RETRY_COALESCE = 0.002
 
 
 @dataclass(slots=True)
@@ -65,11 +67,32 @@ class Job:
 
 @dataclass(slots=True)
 class Span:
-    """Consecutive tasks going to a worker together, on the same attempt number."""
+    """Tasks going to a worker together, on the same attempt number.
+
+    They are consecutive from ``seq``, except in a batch of retries: ``positions`` then
+    holds each one's place. ``sent`` tells that its attempt was already counted.
+    """
 
     seq: int
     items: Sequence[Any]
     attempt: int = 1
+    positions: list[int] | None = None
+    sent: bool = False
+
+    def sub(self, start: int, stop: int) -> Span:
+        """Its tasks at offsets ``[start, stop)``."""
+        items = self.items[start:stop]
+        if self.positions is None:
+            return Span(self.seq + start, items, self.attempt, None, self.sent)
+        positions = self.positions[start:stop]
+        return Span(
+            positions[0] if positions else self.seq, items, self.attempt, positions, self.sent
+        )
+
+    def drop(self, start: int, stop: int) -> None:
+        """Keep only its tasks at offsets ``[start, stop)``."""
+        kept = self.sub(start, stop)
+        self.seq, self.items, self.positions = kept.seq, kept.items, kept.positions
 
 
 @dataclass(slots=True)
@@ -327,7 +350,7 @@ class Engine:
 
     def _next_span(self, window: int, cap: int) -> Span | None:
         if self._pending:
-            return self._pending.popleft()
+            return self._batch(self._pending.popleft())
         if self._exhausted:
             return None
         room = window - self._held()
@@ -344,6 +367,25 @@ class Engine:
         if self._sequence is not None and self.tally.pulled >= len(self._sequence):
             self._exhausted = True  # known now, not one call (and rate slot) later
         return span
+
+    def _batch(self, span: Span) -> Span:
+        """Retries of single tasks that fall due together go out as one call: a
+        thousand tiny retries must not cost a thousand messages."""
+        pending = self._pending
+        if not (span.attempt > 1 and len(span.items) == 1 and pending):
+            return span
+        size = self._sizer.size()
+        items, positions = [span.items[0]], [span.seq]
+        while pending and len(items) < size:
+            head = pending[0]
+            if head.attempt != span.attempt or len(head.items) != 1 or head.sent != span.sent:
+                break
+            pending.popleft()
+            items.append(head.items[0])
+            positions.append(head.positions[0] if head.positions else head.seq)
+        if len(items) == 1:
+            return span
+        return Span(positions[0], items, span.attempt, positions, span.sent)
 
     def _take(self, size: int) -> Sequence[Any]:
         if self._sequence is not None:
@@ -396,10 +438,11 @@ class Engine:
         timed = self.options.timeout is not None
         call = Call(next(self._ids), self._job.fn, self._job.mode, span.items, timed, expected)
         self._inflight[call.id] = span
-        if expected is not None and len(span.items) > 1:
-            self._expected[call.id] = expected
-        if span.attempt > 1:
-            self.tally.retried += 1
+        if expected is not None and len(span.items) > 1 and span.positions is None:
+            self._expected[call.id] = expected  # may be cut short when far past it
+        if span.attempt > 1 and not span.sent:
+            self.tally.retried += len(span.items)
+        span.sent = True
         self._backend.submit(call)
 
     # --- waiting ----------------------------------------------------------------------------
@@ -421,7 +464,9 @@ class Engine:
             else:
                 self._finish(d)
         now = self.clock.now()
-        while self._timers and self._timers[0][0] <= now:
+        # Retries due within a moment of each other go out together (see _batch): one
+        # of them starting a millisecond early is well inside the jitter of its delay.
+        while self._timers and self._timers[0][0] <= now + RETRY_COALESCE:
             self._pending.append(heapq.heappop(self._timers)[2])
         if self._exhausted and not self._pending and not self._timers:
             self._backend.release_idle()
@@ -509,9 +554,9 @@ class Engine:
         span = self._inflight.get(call_id)
         if span is not None and call_id not in self._skip:
             if cut.limit < len(span.items):
-                rest = span.items[cut.limit :]
-                span.items = span.items[: cut.limit]
-                self._hand_out(Span(span.seq + cut.limit, rest, span.attempt))
+                rest = span.sub(cut.limit, len(span.items))
+                span.drop(0, cut.limit)
+                self._hand_out(rest)
             if cut.values:  # what ended is handed back now, not with its slow mate
                 self._harvest(call_id, span, cut)
 
@@ -519,22 +564,17 @@ class Engine:
         k = len(cut.values)
         elapsed = max(0.0, self.clock.now() - cut.began)
         done = Done(call_id, cut.values, cut.errors, None, cut.worker, cut.started, elapsed)
-        piece = Piece.of(
-            Span(span.seq, span.items[:k], span.attempt), 0, cut.values, cut.errors, done
-        )
-        span.seq += k
-        span.items = span.items[k:]
+        ended = span.sub(0, k)
+        span.drop(k, len(span.items))
         self._skip[call_id] = k
-        self._settle(piece)
+        self._settle_all(ended, 0, cut.values, cut.errors, done)
 
     def _hand_out(self, span: Span) -> None:
         """Queue ``span`` first, split so that every worker can take a share."""
         n = len(span.items)
         size = max(1, min(self._sizer.size(), math.ceil(n / self.plan.workers)))
         for start in reversed(range(0, n, size)):
-            self._pending.appendleft(
-                Span(span.seq + start, span.items[start : start + size], span.attempt)
-            )
+            self._pending.appendleft(span.sub(start, start + size))
 
     # --- results --------------------------------------------------------------------------
 
@@ -553,16 +593,33 @@ class Engine:
         if m:
             if not harvested:
                 self._sizer.observe(m, done.elapsed)
-            self._settle(Piece.of(span, 0, done.values, done.errors, done))
+            self._settle_all(span, 0, done.values, done.errors, done)
         skip = -1
         if done.stopped is not None:
             skip, failure = done.stopped
-            self._settle(Piece.of(span, skip, [None], {0: failure}, done))
+            self._settle_all(span, skip, [None], {0: failure}, done)
         if was_cut and done.stopped is None and m < len(span.items):
             # Stopped after its slow item: what it held goes to every worker, not one.
-            self._hand_out(Span(span.seq + m, span.items[m:], span.attempt))
+            self._hand_out(span.sub(m, len(span.items)))
         else:
             self._requeue(span, m, skip)
+
+    def _settle_all(
+        self,
+        span: Span,
+        start: int,
+        values: list[Any],
+        failures: dict[int, Failure] | None,
+        done: Done,
+    ) -> None:
+        """Settle the tasks of ``span`` from ``start`` that ended with ``values``."""
+        if span.positions is None:
+            self._settle(Piece.of(span, start, values, failures, done))
+            return
+        for i, value in enumerate(values):  # a batch of retries: each in its own place
+            failure = failures.get(i) if failures else None
+            one = span.sub(start + i, start + i + 1)
+            self._settle(Piece.of(one, 0, [value], None if failure is None else {0: failure}, done))
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
@@ -572,7 +629,7 @@ class Engine:
         runs = [(start, skip), (skip + 1, n)] if start <= skip < n else [(start, n)]
         for a, b in reversed(runs):
             if a < b:
-                self._pending.appendleft(Span(span.seq + a, span.items[a:b], span.attempt))
+                self._pending.appendleft(span.sub(a, b))
 
     def _settle(self, piece: Piece) -> None:
         failures = piece.failures
@@ -655,10 +712,15 @@ def _weigh(values: list[Any]) -> int:
     n = len(values)
     if n == 0:
         return 0
-    step = max(1, n // 8)
-    sample = values[::step][:8]
+    first = values[0]
+    if type(first) in _SMALL and type(values[-1]) in _SMALL:
+        return 64 + 40 * n  # numbers and None: no need to look closer
+    sample = values[:: max(1, n // 4)][:4]
     total = sum(_size(v) for v in sample)
     return 64 + 8 * n + total * n // len(sample)
+
+
+_SMALL = frozenset({int, float, bool, type(None)})
 
 
 def _size(value: Any) -> int:
