@@ -15,7 +15,7 @@ def test_tiny_items_grow_into_large_chunks_by_evidence() -> None:
     for _ in range(6):
         size = sizer.size()
         sizes.append(size)
-        sizer.observe(size, size * 1e-7)
+        sizer.observe(size, size * 1e-8)
     assert sizes[0] == 1
     assert all(b <= 8 * sum(sizes[: i + 1]) for i, b in enumerate(sizes[1:]))
     assert sizes[-1] == MAX_CHUNK

@@ -8,7 +8,7 @@ __all__ = ["MAX_CHUNK", "ChunkSizer"]
 
 #: No chunk is larger than this, whatever the estimate: it bounds the memory one message
 #: holds and the work redone if a worker process dies in the middle of it.
-MAX_CHUNK = 10_000
+MAX_CHUNK = 50_000
 
 
 class ChunkSizer:

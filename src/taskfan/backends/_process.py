@@ -153,7 +153,7 @@ class ProcessBackend(Backend):
     """Worker processes with crash isolation, killing timeouts and worker recycling."""
 
     name = "process"
-    chunk_seconds = 0.005
+    chunk_seconds = 0.02
     seconds_per_worker = 0.002
     calls_per_worker = 2
 
