@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 Runner = Callable[[], object]
@@ -55,20 +55,32 @@ def median_times(
         for name, run in contenders.items():
             if run is None:
                 continue
-            before = set(threading.enumerate())
+            before = set(threading.enumerate()), _children()
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
-            settle(before)
+            settle(*before)
     return {name: statistics.median(ts) if ts else None for name, ts in times.items()}
 
 
-def settle(before: set[threading.Thread], timeout: float = 10.0) -> None:
+def _children() -> set[int]:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with the dev extra
+        return set()
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def settle(
+    before: set[threading.Thread], children: Collection[int] = (), timeout: float = 10.0
+) -> None:
     """Wait, off the clock, until the threads and processes a run started are gone.
 
     Some pools return before their workers have exited (ThreadPool leaves its threads
     to finish on their own, a reusable executor keeps its processes). Left running,
-    they would slow whichever contender is timed next.
+    they would slow whichever contender is timed next. Processes in ``children`` were
+    there before the run (a resource tracker, a fork server, which live as long as the
+    benchmark): waiting for them would only add seconds after every run.
     """
     deadline = time.monotonic() + timeout
     for thread in set(threading.enumerate()) - before:
@@ -78,8 +90,8 @@ def settle(before: set[threading.Thread], timeout: float = 10.0) -> None:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with the dev extra
         return
-    children = psutil.Process().children(recursive=True)
-    psutil.wait_procs(children, timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in children]
+    psutil.wait_procs(started, timeout=max(0.0, min(2.0, deadline - time.monotonic())))
 
 
 def format_figure(value: float | None, unit: str) -> str:
