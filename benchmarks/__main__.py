@@ -8,12 +8,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import processes, threads
+from . import processes, scheduler, threads
 from ._chart import write_chart
 from ._harness import Scenario, table
 
 HERE = Path(__file__).parent
-GROUPS = ("tiny", "io", "memory", "process")
+GROUPS = ("tiny", "io", "memory", "process", "mixed", "retries", "cold")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         scenarios.append(_show(threads.memory(skip=skip)))
     if "process" in wanted:
         scenarios += _process_group(repeats)
+    if "mixed" in wanted:
+        scenarios += _mixed_group(repeats)
+    if "retries" in wanted:
+        scenarios += _retries_group(repeats)
+    if "cold" in wanted:
+        scenarios += _cold_group(repeats)
 
     text = table(scenarios)
     header = (
@@ -56,6 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             f"Process CPU tasks: medians of {_cpu_repeats(repeats)} runs. Crash and Ctrl+C: "
             f"one run per contender in a fresh subprocess, killed after "
             f"{processes.HARD_TIMEOUT:.0f} s.\n\n"
+        )
+    if "mixed" in wanted:
+        header += (
+            f"Mixed slow and instant tasks: medians of {_seconds_repeats(repeats)} runs "
+            f"({_tail_repeats(repeats)} for the 20-task row); the ratio is to the reference "
+            f"that hands out one task at a time.\n\n"
+        )
+    if "retries" in wanted:
+        header += (
+            "Retries: the same taskfan run with 1% of the tasks failing on their first "
+            "attempt, and with none failing; the ratio is to the run without failures.\n\n"
+        )
+    if "cold" in wanted:
+        header += (
+            f"Cold start: each run a fresh Python process with one extra thread, the first "
+            f"call timed inside it; medians of {_cold_runs(repeats)} processes each.\n\n"
         )
     print("\n" + header + text)
     (HERE / "results.md").write_text(header + text + "\n")
@@ -70,6 +92,43 @@ def _process_group(repeats: int) -> list[Scenario]:
         _show(processes.crash_resilience()),
         _show(processes.ctrl_c_exit()),
     ]
+
+
+def _mixed_group(repeats: int) -> list[Scenario]:
+    return [
+        _show(scheduler.mixed_threads(_seconds_repeats(repeats))),
+        _show(scheduler.mixed_processes(_seconds_repeats(repeats))),
+        _show(scheduler.mixed_tail(_tail_repeats(repeats))),
+    ]
+
+
+def _retries_group(repeats: int) -> list[Scenario]:
+    return [
+        _show(scheduler.retries_threads(repeats, 4000, 8, scheduler.nap_1ms, "sleep(1 ms)")),
+        _show(scheduler.retries_threads(repeats, 100_000, 2, processes.square, "tiny")),
+        _show(scheduler.retries_processes(repeats)),
+    ]
+
+
+def _cold_group(repeats: int) -> list[Scenario]:
+    return [
+        _show(scheduler.cold_start(_cold_runs(repeats))),
+        _show(scheduler.tiny_calls_list(repeats, 1_000_000)),
+        _show(scheduler.tiny_calls_list(repeats, 100_000)),
+    ]
+
+
+def _seconds_repeats(repeats: int) -> int:
+    # a run of the mixed group takes seconds per contender: fewer repeats keep it short
+    return max(2, repeats // 2)
+
+
+def _tail_repeats(repeats: int) -> int:
+    return min(3, _seconds_repeats(repeats))
+
+
+def _cold_runs(repeats: int) -> int:
+    return max(3, min(5, repeats))
 
 
 def _cpu_repeats(repeats: int) -> int:

@@ -1,11 +1,12 @@
-"""Timing and reporting: interleaved repeats, medians, a table with ratios to the best peer."""
+"""Timing and reporting: interleaved repeats, medians, a table with ratios to the best peer
+(or to a reference contender named by the scenario)."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 Runner = Callable[[], object]
@@ -20,11 +21,19 @@ class Scenario:
     higher_is_better: bool
     figures: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    #: compare taskfan with this contender rather than with the best peer
+    reference: str | None = None
+
+    def _peers(self) -> dict[str, float]:
+        """The figures taskfan is compared with: the reference's, or every peer's."""
+        names = [self.reference] if self.reference is not None else list(self.figures)
+        peers = {k: self.figures.get(k) for k in names if k != "taskfan"}
+        return {k: v for k, v in peers.items() if v}
 
     def ratio(self) -> float | None:
-        """taskfan's figure over the best peer's (> 1 means taskfan is better)."""
+        """taskfan's figure over the best peer's, or the reference's (> 1: taskfan is better)."""
         ours = self.figures.get("taskfan")
-        peers = [v for k, v in self.figures.items() if k != "taskfan" and v]
+        peers = list(self._peers().values())
         if not ours or not peers:
             return None
         if self.higher_is_better:
@@ -32,7 +41,7 @@ class Scenario:
         return min(peers) / ours
 
     def best_peer(self) -> str:
-        peers = {k: v for k, v in self.figures.items() if k != "taskfan" and v}
+        peers = self._peers()
         if not peers:
             return "-"
         pick = max if self.higher_is_better else min
@@ -43,32 +52,57 @@ def median_times(
     contenders: dict[str, Runner | None],
     repeats: int,
     check: Callable[[str, object], None] | None = None,
+    *,
+    warmup: bool = True,
 ) -> dict[str, float | None]:
-    """Median wall time of each contender, runs interleaved so drift hits all alike."""
+    """Median wall time of each contender, runs interleaved so drift hits all alike.
+
+    Each contender first has a warm-up run, checked. Runs that take seconds can do
+    without it (``warmup=False``): the first timed run is checked instead, off the clock.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for name, run in contenders.items():  # a warm-up run each, checked
-        if run is not None:
-            result = run()
-            if check is not None:
-                check(name, result)
-    for _ in range(repeats):
+    if warmup:
+        for name, run in contenders.items():  # a warm-up run each, checked
+            if run is not None:
+                result = run()
+                if check is not None:
+                    check(name, result)
+    for repeat in range(repeats):
         for name, run in contenders.items():
             if run is None:
                 continue
-            before = set(threading.enumerate())
+            checked = check is not None and not warmup and repeat == 0
+            before = set(threading.enumerate()), _children()
             t0 = time.perf_counter()
-            run()
+            result = run()
+            if not checked:
+                result = None  # dropped on the clock, as an unused result always was
             times[name].append(time.perf_counter() - t0)
-            settle(before)
+            if checked and check is not None:
+                check(name, result)
+            result = None
+            settle(*before)
     return {name: statistics.median(ts) if ts else None for name, ts in times.items()}
 
 
-def settle(before: set[threading.Thread], timeout: float = 10.0) -> None:
+def _children() -> set[int]:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with the dev extra
+        return set()
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def settle(
+    before: set[threading.Thread], children: Collection[int] = (), timeout: float = 10.0
+) -> None:
     """Wait, off the clock, until the threads and processes a run started are gone.
 
     Some pools return before their workers have exited (ThreadPool leaves its threads
     to finish on their own, a reusable executor keeps its processes). Left running,
-    they would slow whichever contender is timed next.
+    they would slow whichever contender is timed next. Processes in ``children`` were
+    there before the run (a resource tracker, a fork server, which live as long as the
+    benchmark): waiting for them would only add seconds after every run.
     """
     deadline = time.monotonic() + timeout
     for thread in set(threading.enumerate()) - before:
@@ -78,8 +112,8 @@ def settle(before: set[threading.Thread], timeout: float = 10.0) -> None:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with the dev extra
         return
-    children = psutil.Process().children(recursive=True)
-    psutil.wait_procs(children, timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in children]
+    psutil.wait_procs(started, timeout=max(0.0, min(2.0, deadline - time.monotonic())))
 
 
 def format_figure(value: float | None, unit: str) -> str:
@@ -113,7 +147,7 @@ def table(scenarios: list[Scenario]) -> str:
         for p in peers:
             cell = format_figure(s.figures[p], s.unit) if p in s.figures else ""
             cells.append(cell + (f" ({s.notes[p]})" if p in s.notes else ""))
-        best = s.best_peer()
+        best = s.best_peer() + (" (reference)" if s.reference is not None else "")
         cells.append(f"{ratio:.2f}x {best}" if ratio is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

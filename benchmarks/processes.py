@@ -184,7 +184,7 @@ def tiny_calls(repeats: int, n: int = 100_000) -> Scenario:
     runners, notes = _runners(square, items, chunksize=1000)
     times = median_times(runners, repeats, _checker([square(x) for x in items]))
     return Scenario(
-        f"{n:,} tiny calls, {WORKERS} processes",
+        f"{n:,} tiny calls, {WORKERS} processes, range input",
         "items/s",
         True,
         {k: (n / t if t else None) for k, t in times.items()},
@@ -217,12 +217,16 @@ _CHILD_CODE = (
 
 
 def _spawn(
-    args: list[str], stdout: IO[bytes] | int, stderr: IO[bytes] | int
+    args: list[str],
+    stdout: IO[bytes] | int,
+    stderr: IO[bytes] | int,
+    code: str = _CHILD_CODE,
 ) -> subprocess.Popen[bytes]:
-    """Run ``child_main(args)`` in a new session, so that killpg reaches all its processes."""
+    """Run ``child_main(args)`` (or ``code``) in a new session, so that killpg reaches all
+    its processes."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD_CODE, *args],
+        [sys.executable, "-c", code, *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": path},
         stdin=subprocess.DEVNULL,

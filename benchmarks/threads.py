@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
+from typing import Any
 
 import taskfan
 
@@ -21,7 +23,7 @@ def nap(_: int) -> None:
     time.sleep(0.01)
 
 
-def _joblib(fn: object, items: range, workers: int) -> Runner | None:
+def _joblib(fn: object, items: Sequence[Any], workers: int) -> Runner | None:
     try:
         from joblib import Parallel, delayed
     except ImportError:
@@ -32,7 +34,7 @@ def _joblib(fn: object, items: range, workers: int) -> Runner | None:
     )
 
 
-def _mpire(fn: object, items: range, workers: int) -> Runner | None:
+def _mpire(fn: object, items: Sequence[Any], workers: int) -> Runner | None:
     try:
         from mpire import WorkerPool
     except ImportError:
@@ -45,7 +47,7 @@ def _mpire(fn: object, items: range, workers: int) -> Runner | None:
     return run
 
 
-def _threadpool(fn: object, items: range, workers: int) -> Runner:
+def _threadpool(fn: object, items: Sequence[Any], workers: int) -> Runner:
     def run() -> object:
         with ThreadPool(workers) as pool:
             return pool.map(fn, items)  # type: ignore[arg-type]
@@ -53,7 +55,7 @@ def _threadpool(fn: object, items: range, workers: int) -> Runner:
     return run
 
 
-def _executor(fn: object, items: range, workers: int) -> Runner:
+def _executor(fn: object, items: Sequence[Any], workers: int) -> Runner:
     def run() -> object:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(fn, items))  # type: ignore[arg-type]
@@ -78,7 +80,7 @@ def tiny_calls(repeats: int, n: int = 100_000, workers: int = 4) -> Scenario:
     }
     times = median_times(contenders, repeats, check)
     return Scenario(
-        f"{n:,} tiny calls, {workers} threads",
+        f"{n:,} tiny calls, {workers} threads, range input",
         "items/s",
         True,
         {k: (n / t if t else None) for k, t in times.items()},
@@ -98,7 +100,7 @@ def sleeping_io(repeats: int, n: int = 2000, workers: int = 100) -> Scenario:
     }
     times = median_times(contenders, repeats)
     return Scenario(
-        f"{n:,} x sleep(10 ms), {workers} threads",
+        f"{n:,} x sleep(10 ms), {workers} threads, range input",
         "efficiency",
         True,
         {k: (ideal / t if t else None) for k, t in times.items()},

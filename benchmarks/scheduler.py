@@ -1,0 +1,417 @@
+"""Scheduler scenarios: a few slow tasks among instant ones, retries, and a cold first call.
+
+- ``mixed``: mostly instant tasks with 10% slow ones, spread at random (fixed seed). A
+  scheduler that sends the instant tasks in big chunks also sends the slow ones hidden
+  among them to one worker, which then works while the others wait. The reference is
+  ``ThreadPoolExecutor.map`` / ``ProcessPoolExecutor.map(chunksize=1)``: one task at a
+  time, so the wall time is the ideal one plus dispatch.
+- ``retries``: the same taskfan run with 1% of the tasks failing once (retries=2,
+  backoff=0.05) and with none failing. Nothing else changes: same function, same items,
+  same options; the failing run should take the no-failure time plus about the backoff.
+- ``cold``: the first process call of a program that runs one extra thread, each
+  measured in a fresh Python process (no fork server or worker is warm); and tiny calls
+  on an input that is already a list (the existing tiny-calls rows stream a range).
+
+As in processes.py, every contender builds and tears down its own pool inside each timed
+run, and module-level imports stay light: spawn-based pools import this module in every
+worker to unpickle the task functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._harness import Runner, Scenario, median_times
+from .processes import CONTENDERS, HARD_TIMEOUT, WORKERS, _kill_all, _runners, _spawn, square
+
+SEED = 20240611  # which tasks are slow, and which fail: the same in every run
+FAIL_EVERY = 100  # 1% of the tasks fail once
+RETRIES = 2
+BACKOFF = 0.05
+
+
+# Task functions: module level, so that every pool pickles them by reference.
+
+
+def pause(x: float) -> float:
+    """Sleep ``x`` seconds (an instant task when ``x`` is 0); ``x`` comes back."""
+    if x:
+        time.sleep(x)
+    return x
+
+
+def nap_1ms(x: int) -> int:
+    time.sleep(0.001)
+    return x
+
+
+class Flaky(Exception):
+    """What a task raises on the first attempt of a failing item."""
+
+
+class FailOnce:
+    """``task(x)``, except that every item in ``failing`` raises :class:`Flaky` on its
+    first attempt and succeeds on the next. Attempts are kept in a set under a lock
+    (threads only); ``reset()`` forgets them, before each run. With ``failing`` empty
+    it is the same call, taking the same path, with nothing ever failing."""
+
+    def __init__(self, task: Callable[[int], Any], failing: frozenset[int]) -> None:
+        self.task = task
+        self.failing = failing
+        self.tried: set[int] = set()
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.tried.clear()
+
+    def __call__(self, x: int) -> Any:
+        value = self.task(x)  # the failed attempt did its work too, as a real one would
+        if x in self.failing:
+            with self._lock:
+                first = x not in self.tried
+                self.tried.add(x)
+            if first:
+                raise Flaky(x)
+        return value
+
+
+def square_fail_once(marker_dir: str, x: int) -> int:
+    """x*x, except that with a ``marker_dir`` every 100th item raises :class:`Flaky` on
+    its first attempt. Worker processes share no memory, so the attempt is recorded in
+    the file system: the attempt that creates ``marker_dir/x`` (O_EXCL: exactly one
+    attempt can, whichever process runs it) fails, later ones find the file and succeed.
+    A fresh ``marker_dir`` per run resets it. With ``marker_dir=""`` nothing fails."""
+    if marker_dir and x % FAIL_EVERY == 0:
+        path = os.path.join(marker_dir, str(x))
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass  # a retry: the first attempt has failed already
+        else:
+            raise Flaky(x)
+    return x * x
+
+
+def _slow_at_random(n: int, slow: int, seconds: float) -> list[float]:
+    """``n`` task inputs for :func:`pause`: ``slow`` of them ``seconds``, the rest 0."""
+    picked = set(random.Random(SEED).sample(range(n), slow))
+    return [seconds if i in picked else 0.0 for i in range(n)]
+
+
+def _same(expected: list[Any], *, ordered: bool = True) -> Callable[[str, object], None]:
+    def check(name: str, result: object) -> None:
+        got = list(result)  # type: ignore[call-overload]
+        assert (got if ordered else sorted(got)) == expected, name
+
+    return check
+
+
+def _time_ratio(times: dict[str, float | None], name: str, reference: str) -> str | None:
+    ours, ref = times.get(name), times.get(reference)
+    return f"{ours / ref:.2f}x the time of {reference}" if ours and ref else None
+
+
+# mixed: 10% slow tasks at random among instant ones
+
+
+def mixed_threads(
+    repeats: int, n: int = 400, slow: int = 40, seconds: float = 0.5, workers: int = 8
+) -> Scenario:
+    """400 tasks on 8 threads, 40 of them sleep(0.5 s) at random: ideally 2.5 s."""
+    items = _slow_at_random(n, slow, seconds)
+    what = f"{n} tasks, {slow} x sleep({seconds:g} s) at random, rest instant"
+    return _mixed_threads(repeats, items, workers, what)
+
+
+def mixed_tail(repeats: int, instant: int = 6, slow: int = 14, seconds: float = 1.0) -> Scenario:
+    """6 instant tasks then 14 of sleep(1 s) on 4 threads: ideally 4 s (14 in rounds of 4)."""
+    items = [0.0] * instant + [seconds] * slow
+    return _mixed_threads(
+        repeats,
+        items,
+        4,
+        f"{instant} instant then {slow} x sleep({seconds:g} s)",
+        peers=("ThreadPoolExecutor.map",),
+    )
+
+
+def _mixed_threads(
+    repeats: int,
+    items: list[float],
+    workers: int,
+    what: str,
+    peers: tuple[str, ...] = ("ThreadPool.map", "ThreadPoolExecutor.map", "joblib", "mpire"),
+) -> Scenario:
+    import taskfan
+
+    from .threads import _executor, _joblib, _mpire, _threadpool
+
+    every: dict[str, Runner | None] = {
+        "ThreadPool.map": _threadpool(pause, items, workers),
+        "ThreadPoolExecutor.map": _executor(pause, items, workers),
+        "joblib": _joblib(pause, items, workers),
+        "mpire": _mpire(pause, items, workers),
+    }
+    contenders: dict[str, Runner | None] = {
+        "taskfan": lambda: taskfan.map(
+            pause, items, backend="thread", workers=workers, progress=False
+        ),
+        **{name: every[name] for name in peers},
+    }
+    times = median_times(contenders, repeats, _same(items), warmup=False)
+    notes = {k: "not installed" for k, run in contenders.items() if run is None}
+    return _mixed_scenario(
+        f"{what}, {workers} threads",
+        items,
+        workers,
+        times,
+        notes,
+        reference="ThreadPoolExecutor.map",
+    )
+
+
+def mixed_processes(repeats: int, n: int = 200, slow: int = 20, seconds: float = 0.25) -> Scenario:
+    """200 tasks on 2 processes, 20 of them sleep(0.25 s) at random: ideally 2.5 s."""
+    items = _slow_at_random(n, slow, seconds)
+    # chunksize=1 for the executors (loky's and pebble's default too): one task at a time
+    runners, notes = _runners(pause, items, chunksize=1)
+    times = median_times(runners, repeats, _same(items), warmup=False)
+    return _mixed_scenario(
+        f"{n} tasks, {slow} x sleep({seconds:g} s) at random, rest instant, {WORKERS} processes",
+        items,
+        WORKERS,
+        times,
+        notes,
+        reference="ProcessPoolExecutor.map",
+    )
+
+
+def _mixed_scenario(
+    what: str,
+    items: list[float],
+    workers: int,
+    times: dict[str, float | None],
+    notes: dict[str, str],
+    *,
+    reference: str,
+) -> Scenario:
+    slow = sorted((x for x in items if x), reverse=True)
+    # the slow tasks are alike: ceil(slow / workers) rounds of one
+    ideal = math.ceil(len(slow) / workers) * slow[0] if slow else 0.0
+    ratio = _time_ratio(times, "taskfan", reference)
+    if ratio:
+        notes["taskfan"] = ratio
+    return Scenario(
+        f"{what} (ideal {ideal:.1f} s)",
+        "s",
+        False,
+        dict(times),
+        notes,
+        reference=reference,
+    )
+
+
+# retries: 1% of the tasks fail once
+
+
+NO_FAILURES = "taskfan, no failures"
+
+
+def retries_threads(
+    repeats: int, n: int, workers: int, task: Callable[[int], Any], label: str
+) -> Scenario:
+    """``task`` over n items on threads: 1% (fixed seed) fail once, against none failing."""
+    import taskfan
+
+    items = list(range(n))
+    failing = frozenset(random.Random(SEED).sample(items, n // FAIL_EVERY))
+    flaky, steady = FailOnce(task, failing), FailOnce(task, frozenset())
+
+    def run(fn: FailOnce) -> Runner:
+        def go() -> object:
+            fn.reset()
+            return taskfan.map(
+                fn,
+                items,
+                backend="thread",
+                workers=workers,
+                retries=RETRIES,
+                backoff=BACKOFF,
+                progress=False,
+            )
+
+        return go
+
+    expected = [task(x) for x in items]
+
+    def check(name: str, result: object) -> None:
+        _same(expected)(name, result)
+        fn = flaky if name == "taskfan" else steady
+        assert fn.tried == fn.failing, f"{name}: not every failing item was tried"
+
+    times = median_times({"taskfan": run(flaky), NO_FAILURES: run(steady)}, repeats, check)
+    return _retries_scenario(f"{n:,} {label} tasks, {workers} threads, map", len(failing), times)
+
+
+def retries_processes(repeats: int, n: int = 200_000) -> Scenario:
+    """200,000 tiny tasks on 2 processes, imap(ordered=False): every 100th fails once."""
+    import taskfan
+
+    items = list(range(n))
+    dirs: list[str] = []
+
+    def run(fail: bool) -> Runner:
+        def go() -> object:
+            marker_dir = ""
+            if fail:  # a fresh directory: no item has failed yet
+                marker_dir = tempfile.mkdtemp(prefix="taskfan-bench-retries-")
+                dirs.append(marker_dir)
+            fn = functools.partial(square_fail_once, marker_dir)
+            results = taskfan.imap(
+                fn,
+                items,
+                ordered=False,
+                backend="process",
+                workers=WORKERS,
+                retries=RETRIES,
+                backoff=BACKOFF,
+                progress=False,
+            )
+            return list(results)
+
+        return go
+
+    expected = [square(x) for x in items]
+    failing = n // FAIL_EVERY
+
+    def check(name: str, result: object) -> None:
+        _same(expected, ordered=False)(name, result)
+        if name == "taskfan":
+            assert len(os.listdir(dirs[-1])) == failing, "not every failing item was tried"
+
+    try:
+        times = median_times({"taskfan": run(True), NO_FAILURES: run(False)}, repeats, check)
+    finally:
+        for marker_dir in dirs:
+            shutil.rmtree(marker_dir, ignore_errors=True)
+    return _retries_scenario(
+        f"{n:,} tiny tasks, {WORKERS} processes, imap(ordered=False)", failing, times
+    )
+
+
+def _retries_scenario(what: str, failing: int, times: dict[str, float | None]) -> Scenario:
+    notes = {"taskfan": "1% fail once"}
+    ours, steady = times.get("taskfan"), times.get(NO_FAILURES)
+    if ours and steady:
+        target = 1.2 * steady + BACKOFF
+        notes["taskfan"] += f"; {ours / steady:.2f}x no failures, target <= {target:.3f} s"
+    return Scenario(
+        f"{what}: {failing:,} fail once (retries={RETRIES}, backoff={BACKOFF})",
+        "s",
+        False,
+        dict(times),
+        notes,
+        reference=NO_FAILURES,
+    )
+
+
+# cold: the first call in a fresh process that runs one extra thread
+
+
+_COLD_CODE = (
+    "import sys; from benchmarks.scheduler import cold_child; sys.exit(cold_child(sys.argv[1:]))"
+)
+_COLD_MAPS = ("taskfan", "Pool.map")
+
+
+def cold_child(argv: list[str]) -> int:
+    """In a fresh process: start a sleeping thread, then time the first ``map``."""
+    name, n = argv[0], int(argv[1])
+    import multiprocessing  # imports off the clock, as in a program that imports first
+
+    import taskfan
+
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    items = list(range(n))
+    t0 = time.perf_counter()
+    if name == "taskfan":
+        results = taskfan.map(square, items, backend="process", workers=WORKERS, progress=False)
+    else:  # the default start method: fork on Linux before 3.14, extra thread or not
+        with multiprocessing.Pool(WORKERS) as pool:
+            results = pool.map(square, items)
+    elapsed = time.perf_counter() - t0
+    assert results == [square(x) for x in items], name
+    print(elapsed, flush=True)
+    return 0
+
+
+def cold_start(runs: int, n: int = 100_000) -> Scenario:
+    """The first map of n tiny calls on 2 processes, each run in a fresh Python process."""
+    times: dict[str, list[float]] = {name: [] for name in _COLD_MAPS}
+    notes: dict[str, str] = {}
+    for _ in range(runs):  # interleaved, as median_times does
+        for name in _COLD_MAPS:
+            elapsed, problem = _cold_one(name, n)
+            if elapsed is not None:
+                times[name].append(elapsed)
+            if problem:
+                notes[name] = problem
+    figures = {k: (sorted(ts)[len(ts) // 2] if ts else None) for k, ts in times.items()}
+    ratio = _time_ratio(figures, "taskfan", "Pool.map")
+    if ratio and "taskfan" not in notes:
+        notes["taskfan"] = ratio
+    return Scenario(
+        f"first map of {n:,} tiny calls, {WORKERS} processes, fresh process with 1 extra thread",
+        "s",
+        False,
+        figures,
+        notes,
+    )
+
+
+def _cold_one(name: str, n: int) -> tuple[float | None, str | None]:
+    """Seconds of the first map in a fresh process, or None and what went wrong."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = _spawn([name, str(n)], out, err, code=_COLD_CODE)
+        try:
+            child.wait(timeout=HARD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_all(child)
+            return None, f"hang (killed after {HARD_TIMEOUT:.0f} s)"
+        _kill_all(child)
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode(errors="replace").split()
+        if child.returncode != 0 or not lines:
+            last = err.read().decode(errors="replace").strip().splitlines()[-1:]
+            return None, f"exit {child.returncode}: {' '.join(last)}"[:120]
+    return float(lines[-1]), None
+
+
+def tiny_calls_list(repeats: int, n: int) -> Scenario:
+    """n calls of x*x on 2 processes, the input a list built before the clock starts."""
+    items = list(range(n))
+    runners: dict[str, Runner | None] = {
+        # chunksize=1000 for ProcessPoolExecutor, as in the range-input row; taskfan sizes
+        # its chunks itself and Pool.map cuts the list into ~4 chunks per worker
+        name: functools.partial(CONTENDERS[name][1], square, items, WORKERS, 1000)
+        for name in ("taskfan", "Pool.map", "ProcessPoolExecutor.map")
+    }
+    times = median_times(runners, repeats, _same([square(x) for x in items]))
+    return Scenario(
+        f"{n:,} tiny calls, {WORKERS} processes, list input",
+        "items/s",
+        True,
+        {k: (n / t if t else None) for k, t in times.items()},
+    )
