@@ -370,11 +370,15 @@ class Engine:
 
     def _batch(self, span: Span) -> Span:
         """Retries of single tasks that fall due together go out as one call: a
-        thousand tiny retries must not cost a thousand messages."""
+        thousand tiny retries must not cost a thousand messages. A span queued when
+        tasks looked quicker than they turned out is cut to today's chunk size."""
         pending = self._pending
+        size = self._sizer.size()
+        if len(span.items) > size:
+            pending.appendleft(span.sub(size, len(span.items)))
+            return span.sub(0, size)
         if not (span.attempt > 1 and len(span.items) == 1 and pending):
             return span
-        size = self._sizer.size()
         items, positions = [span.items[0]], [span.seq]
         while pending and len(items) < size:
             head = pending[0]
@@ -534,6 +538,9 @@ class Engine:
         for call_id, began in self._backend.started_calls():
             expected = self._expected.get(call_id)
             if expected is not None and call_id not in self._cut:
+                # A chunk is sized to take about one target; one sized from an estimate
+                # that has grown since is still cut on the target's terms.
+                expected = min(expected, self._sizer.target)
                 due.append((call_id, began + max(CUT_FACTOR * expected, CUT_FLOOR)))
         return due
 
