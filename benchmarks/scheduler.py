@@ -86,20 +86,22 @@ class FailOnce:
         return value
 
 
-def square_fail_once(marker_dir: str, x: int) -> int:
-    """x*x, except that with a ``marker_dir`` every 100th item raises :class:`Flaky` on
-    its first attempt. Worker processes share no memory, so the attempt is recorded in
-    the file system: the attempt that creates ``marker_dir/x`` (O_EXCL: exactly one
-    attempt can, whichever process runs it) fails, later ones find the file and succeed.
-    A fresh ``marker_dir`` per run resets it. With ``marker_dir=""`` nothing fails."""
-    if marker_dir and x % FAIL_EVERY == 0:
+def square_fail_once(marker_dir: str, x: int, fail: bool = True) -> int:
+    """x*x, except that every 100th item raises :class:`Flaky` on its first attempt.
+    Worker processes share no memory, so the attempt is recorded in the file system: the
+    attempt that creates ``marker_dir/x`` (O_EXCL: exactly one attempt can, whichever
+    process runs it) fails, later ones find the file and succeed. A fresh ``marker_dir``
+    per run resets it. With ``fail=False`` the same files are made but nothing fails, so
+    the run without failures pays the same bookkeeping and the ratio is the retries'."""
+    if x % FAIL_EVERY == 0:
         path = os.path.join(marker_dir, str(x))
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             pass  # a retry: the first attempt has failed already
         else:
-            raise Flaky(x)
+            if fail:
+                raise Flaky(x)
     return x * x
 
 
@@ -273,11 +275,10 @@ def retries_processes(repeats: int, n: int = 200_000) -> Scenario:
 
     def run(fail: bool) -> Runner:
         def go() -> object:
-            marker_dir = ""
-            if fail:  # a fresh directory: no item has failed yet
-                marker_dir = tempfile.mkdtemp(prefix="taskfan-bench-retries-")
-                dirs.append(marker_dir)
-            fn = functools.partial(square_fail_once, marker_dir)
+            # a fresh directory: no item has failed yet
+            marker_dir = tempfile.mkdtemp(prefix="taskfan-bench-retries-")
+            dirs.append(marker_dir)
+            fn = functools.partial(square_fail_once, marker_dir, fail=fail)
             results = taskfan.imap(
                 fn,
                 items,

@@ -134,10 +134,13 @@ class Piece:
             per_item,
         )
 
-    def cut(self, start: int, stop: int) -> Piece:
-        """The tasks at offsets ``[start, stop)`` as a piece of their own."""
+    def cut(self, start: int, stop: int, failed: list[int] | None = None) -> Piece:
+        """The tasks at offsets ``[start, stop)`` as a piece of their own (``failed``:
+        the offsets of its failures, when the caller knows them)."""
         failures = None
-        if self.failures:
+        if self.failures and failed is not None:
+            failures = {i - start: self.failures[i] for i in failed}
+        elif self.failures:
             failures = {i - start: f for i, f in self.failures.items() if start <= i < stop}
         return Piece(
             self.seq + start,
@@ -646,7 +649,8 @@ class Engine:
             retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
             for i in retry:
                 self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
-            final = [f for i, f in failures.items() if i not in retry]
+            retrying = set(retry)
+            final = [f for i, f in failures.items() if i not in retrying]
             tally.failed += len(final)
             tally.timed_out += sum(f.status == "timeout" for f in final)
             tally.crashed += sum(f.status == "crashed" for f in final)
@@ -656,12 +660,19 @@ class Engine:
         tally.ok += len(piece.values) - len(failures or ())
         for observer in self._observers:
             observer.update(len(piece.values) - len(retry), tally)
-        start = 0
-        for hole in [*retry, len(piece.values)]:  # retried tasks leave holes, filled later
+        if not retry:
+            self._emit(piece)
+            return
+        # Retried tasks leave holes, filled later; each stretch between them goes on with
+        # the final failures that fall in it (found in one pass, not one per stretch).
+        kept = sorted(i for i in failures or () if i not in retrying)
+        k = start = 0
+        for hole in [*retry, len(piece.values)]:
             if hole > start:
-                self._emit(
-                    piece if start == 0 and hole == len(piece.values) else piece.cut(start, hole)
-                )
+                first = k
+                while k < len(kept) and kept[k] < hole:
+                    k += 1
+                self._emit(piece.cut(start, hole, kept[first:k]))
             start = hole + 1
 
     def _emit(self, piece: Piece) -> None:
