@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -315,22 +314,6 @@ def call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
         return fn(**item)  # type: ignore[misc]
     f, args, kwargs = item
     return f(*args, **kwargs)
-
-
-def run_call(
-    call: Call,
-    worker: str,
-    catch: type[BaseException] = Exception,
-    out: list[Any] | None = None,
-    stop: list[int] | None = None,
-) -> Done:
-    """Run a whole call in this thread, timing it (into ``out``, if given)."""
-    out = [] if out is None else out
-    errors: dict[int, Failure] = {}
-    started = time.time()
-    t0 = time.perf_counter()
-    run_items(call, out, errors, None, catch, stop=stop)
-    return Done(call.id, out, errors or None, None, worker, started, time.perf_counter() - t0)
 
 
 class Backend(ABC):

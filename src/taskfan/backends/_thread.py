@@ -72,9 +72,7 @@ class _Slot:
         self.abandoned = False
         self.thread: threading.Thread | None = None
         self.stop: list[int] = []  # a timed call's cut-off, set under ``lock``
-        # An untimed call in progress, published as one value so that a reader never
-        # mixes two calls: (call, its out list, its stop list, clock time it started).
-        self.run: _Run | None = None
+        self.run: _Run | None = None  # the untimed call in progress
 
 
 class _Run:
