@@ -29,6 +29,7 @@ from typing import Any
 from .._errors import TaskError
 from .._pickling import dumps_by_value
 from ._base import SINGLE, Failure, call_one, cut_at, describe_failure
+from ._trace import Trace, render, summarize
 
 __all__ = [
     "CALL",
@@ -66,7 +67,8 @@ NO_LIMIT = -1
 
 # An error record travels as (pickled exception or None, type name, message, traceback,
 # retry): the exception itself when it survives a pickle round trip, a description if not.
-ErrorRecord = tuple[bytes | None, str, str, str, bool]
+# The traceback travels as what its text is made of (see _trace), formatted when read.
+ErrorRecord = tuple[bytes | None, str, str, Trace | str, bool]
 
 
 def call_header(call_id: int, limit: int | None) -> bytes:
@@ -131,7 +133,10 @@ def _failure(record: ErrorRecord) -> Failure:
             error = None
     if not isinstance(error, BaseException):
         error = TaskError(type_name, message)
-    failure = describe_failure(error, tb_text)
+    if isinstance(tb_text, str):
+        failure = describe_failure(error, tb_text)
+    else:
+        failure = describe_failure(error, lambda: render(tb_text))
     failure.retry = retry
     return failure
 
@@ -424,7 +429,7 @@ def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
         and (os.path.dirname(tb.tb_frame.f_code.co_filename) == ours)
     ):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(error), error, tb))
+    text = summarize(error, tb)
     blob: bytes | None
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
