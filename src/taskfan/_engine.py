@@ -51,7 +51,9 @@ AUTO_WINDOW_MAX = 65_536
 CUT_FACTOR = 4.0
 #: ...and at least this long (seconds): jitter alone never cuts a chunk
 CUT_FLOOR = 0.05
-#: retries falling due within this many seconds of each other go out in one call
+#: retries falling due within this many seconds of each other go out in one call (more
+#: where a call costs more: up to a backend's chunk time, at most a quarter of the
+#: backoff: a retry starts at most that much before its drawn delay ends)
 RETRY_COALESCE = 0.002
 
 
@@ -186,6 +188,7 @@ class Engine:
         target = max(backend.chunk_seconds, plan.workers * backend.seconds_per_worker)
         fixed = 1 if options.rate else options.chunksize
         self._sizer = ChunkSizer(target, plan.workers, fixed, floor=target / 8)
+        self._coalesce = max(RETRY_COALESCE, min(backend.chunk_seconds, options.backoff / 4))
         self._interval = 1.0 / options.rate if options.rate else 0.0
         self._next_start = -math.inf
         self.tally = Tally()
@@ -471,10 +474,12 @@ class Engine:
             else:
                 self._finish(d)
         now = self.clock.now()
-        # Retries due within a moment of each other go out together (see _batch): one
-        # of them starting a millisecond early is well inside the jitter of its delay.
-        while self._timers and self._timers[0][0] <= now + RETRY_COALESCE:
-            self._pending.append(heapq.heappop(self._timers)[2])
+        # When a retry falls due, those due within a moment after it go out with it
+        # (see _batch): starting a little early is well inside the jitter of a delay.
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            while timers and timers[0][0] <= now + self._coalesce:
+                self._pending.append(heapq.heappop(timers)[2])
         if self._exhausted and not self._pending and not self._timers:
             self._backend.release_idle()
         self._expire(now)
