@@ -631,10 +631,25 @@ class Engine:
         if span.positions is None:
             self._settle(Piece.of(span, start, values, failures, done))
             return
-        for i, value in enumerate(values):  # a batch of retries: each in its own place
+        # A batch of retries: each task in its own place.
+        per_item = done.elapsed / len(done.values) if done.values else done.elapsed
+        items, positions, attempt = span.items, span.positions, span.attempt
+        worker, started = done.worker, done.started
+        for i, value in enumerate(values):
             failure = failures.get(i) if failures else None
-            one = span.sub(start + i, start + i + 1)
-            self._settle(Piece.of(one, 0, [value], None if failure is None else {0: failure}, done))
+            j = start + i
+            self._settle(
+                Piece(
+                    positions[j],
+                    items[j : j + 1],
+                    [value],
+                    None if failure is None else {0: failure},
+                    attempt,
+                    worker,
+                    started + j * per_item,
+                    per_item,
+                )
+            )
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
@@ -651,9 +666,11 @@ class Engine:
         tally = self.tally
         retry: list[int] = []
         if failures:
-            retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
-            for i in retry:
-                self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
+            attempt = piece.attempt
+            retry = sorted(i for i, f in failures.items() if self._retryable(f, attempt))
+            if retry:
+                seq, items = piece.seq, piece.items
+                self._schedule_retries([Span(seq + i, [items[i]], attempt + 1) for i in retry])
             retrying = set(retry)
             final = [f for i, f in failures.items() if i not in retrying]
             tally.failed += len(final)
@@ -703,14 +720,17 @@ class Engine:
             return True
         return isinstance(failure.error, self.options.retry_on)
 
-    def _schedule_retry(self, span: Span) -> None:
+    def _schedule_retries(self, spans: list[Span]) -> None:
+        """Queue ``spans`` (on one attempt number) after their backoff: uniform in
+        ``[0, cap)``, the cap doubling per attempt ("full jitter")."""
         o = self.options
-        cap = min(o.backoff_max, o.backoff * 2.0 ** (span.attempt - 2))
-        delay = self._rng.uniform(0.0, cap) if cap > 0 else 0.0
-        if delay <= 0:
-            self._pending.append(span)
-        else:
-            heapq.heappush(self._timers, (self.clock.now() + delay, next(self._ids), span))
+        cap = min(o.backoff_max, o.backoff * 2.0 ** (spans[0].attempt - 2))
+        if cap <= 0:
+            self._pending.extend(spans)
+            return
+        now, draw, ids, timers = self.clock.now(), self._rng.random, self._ids, self._timers
+        for span in spans:
+            heapq.heappush(timers, (now + draw() * cap, next(ids), span))
 
 
 class TaskRaisedStopIteration(RuntimeError):
