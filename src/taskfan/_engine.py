@@ -173,6 +173,7 @@ class Engine:
         fail_fast: bool = False,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        backend: Callable[[int, Clock], Backend] | None = None,
     ) -> None:
         self.options, self.plan = options, plan
         self.clock = clock or SystemClock()
@@ -182,7 +183,9 @@ class Engine:
         self._sequence = items if isinstance(items, list | tuple | range) else None
         self._ordered, self._fail_fast = ordered, fail_fast
         self._rng = rng or random.Random()
-        self._backend: Backend = backend_class(plan.backend)(plan.workers, self.clock)
+        # ``backend`` replaces the registered class (a test's scripted backend).
+        make_backend = backend or backend_class(plan.backend)
+        self._backend: Backend = make_backend(plan.workers, self.clock)
         self._max_calls = plan.workers * (1 if options.rate else self._backend.calls_per_worker)
         backend = self._backend
         target = max(backend.chunk_seconds, plan.workers * backend.seconds_per_worker)
