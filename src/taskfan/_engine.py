@@ -186,12 +186,12 @@ class Engine:
         # ``backend`` replaces the registered class (a test's scripted backend).
         make_backend = backend or backend_class(plan.backend)
         self._backend: Backend = make_backend(plan.workers, self.clock)
-        self._max_calls = plan.workers * (1 if options.rate else self._backend.calls_per_worker)
-        backend = self._backend
-        target = max(backend.chunk_seconds, plan.workers * backend.seconds_per_worker)
+        made = self._backend
+        self._max_calls = plan.workers * (1 if options.rate else made.calls_per_worker)
+        target = max(made.chunk_seconds, plan.workers * made.seconds_per_worker)
         fixed = 1 if options.rate else options.chunksize
         self._sizer = ChunkSizer(target, plan.workers, fixed, floor=target / 8)
-        self._coalesce = max(RETRY_COALESCE, min(backend.chunk_seconds, options.backoff / 4))
+        self._coalesce = max(RETRY_COALESCE, min(made.chunk_seconds, options.backoff / 4))
         self._interval = 1.0 / options.rate if options.rate else 0.0
         self._next_start = -math.inf
         self.tally = Tally()
