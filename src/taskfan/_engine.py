@@ -37,9 +37,9 @@ from .backends._base import (
     Done,
     Failure,
     Setup,
-    backend_class,
     describe_failure,
 )
+from .backends._registry import backend_class
 
 __all__ = ["Engine", "Job", "Piece", "TaskRaisedStopIteration"]
 
