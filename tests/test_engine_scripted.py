@@ -2,8 +2,9 @@
 
 No thread, process or sleep: each test scripts how every run of every item goes
 (tests/scripted.py) and asserts what the engine sent, where each item ran and when, and
-the report's counts. The clock starts at 1000.0; durations are binary fractions, so that
-every instant below is exact.
+the report's counts. The clock starts at 1000.0 and durations are binary fractions, so
+instants compare exactly; only the rate's 0.1 s steps and the drawn backoff delays are
+compared to within 1e-9.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def test_backoff_draws_full_jitter_per_attempt_and_the_run_ends_with_the_last_re
     pieces = drive(engine)
     runs = backend.runs_of("a")
     assert [r.outcome for r in runs] == ["raise"] * 4 + ["value"]
-    gaps = [b.start - a.end for a, b in itertools.pairwise(runs)]  # type: ignore[operator]
+    gaps = [b.start - a.end for a, b in itertools.pairwise(runs)]
     caps = [1.0, 2.0, 3.0, 3.0]  # backoff * 2**(attempt-1), at most backoff_max
     rng = random.Random(7)
     assert gaps == pytest.approx([rng.random() * cap for cap in caps], abs=1e-9)
@@ -263,7 +264,7 @@ def test_backoff_draws_full_jitter_per_attempt_and_the_run_ends_with_the_last_re
     assert [p.attempt for _, p in pieces] == [5]
     assert counts(engine) == (1, 1, 0, 0, 0, 0, 4)
     assert runs[-1].end == clock.now()  # nothing waited for after the last retry ended
-    assert engine.report.elapsed == pytest.approx(runs[-1].end - T0, abs=1e-9)  # type: ignore[operator]
+    assert engine.report.elapsed == pytest.approx(runs[-1].end - T0, abs=1e-9)
 
 
 def test_retries_of_many_tasks_start_within_their_jitter_bounds() -> None:
@@ -433,6 +434,16 @@ def test_fail_fast_waits_for_the_retries_of_a_failure() -> None:
     assert counts(engine) == (4, 3, 1, 0, 0, 0, 1)
 
 
+def test_breaking_out_cancels_the_rest_and_keeps_what_had_ended() -> None:
+    engine, backend = make_engine(table({}, default=ok(1.0)), range(10), workers=2, chunksize=1)
+    pieces = engine.run()
+    assert next(pieces).seq == 0
+    pieces.close()  # a break: 1 ended with 0, 2-5 were sent, 6-9 never taken
+    assert backend.closed == (T0 + 1, True)
+    assert [p.seq for p in engine.leftover()] == [1]
+    assert counts(engine) == (6, 2, 0, 0, 0, 4, 0)
+
+
 def test_a_call_handed_back_without_progress_fails_instead_of_requeueing_forever() -> None:
     # Item 2 is always handed back unrun: the first time with items ended before it
     # (progress: the rest goes back to the queue), then first in its call (no progress:
@@ -484,6 +495,6 @@ def test_the_fake_backend_keeps_the_backend_contract() -> None:
     backend.submit(Call(1, None, SINGLE, ["c", "a"]))  # w1 was replaced by w3
     [done] = backend.wait(None)
     assert clock.now() == T0 + 6.0
-    assert (done.values, done.worker, done.stopped[1].status) == ([], "w3", "crashed")  # type: ignore[index]
+    assert (done.values, done.worker, done.stopped[1].status) == ([], "w3", "crashed")
     assert backend.ran_on() == {"w1": ["a", "b"], "w3": ["c"]}
     assert [r.outcome for r in backend.runs] == ["value", "stopped", "crash"]
