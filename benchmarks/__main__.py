@@ -8,12 +8,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import processes, scheduler, threads
+from . import asyncio_bench, processes, scheduler, threads
 from ._chart import write_chart
 from ._harness import Scenario, table
 
 HERE = Path(__file__).parent
-GROUPS = ("tiny", "io", "memory", "process", "mixed", "retries", "cold")
+GROUPS = ("tiny", "io", "memory", "process", "mixed", "retries", "cold", "asyncio")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         scenarios += _retries_group(repeats)
     if "cold" in wanted:
         scenarios += _cold_group(repeats)
+    if "asyncio" in wanted:
+        scenarios += _asyncio_group(repeats, args.quick)
 
     text = table(scenarios)
     header = (
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         header += (
             f"Cold start: each run a fresh Python process with one extra thread, the first "
             f"call timed inside it; medians of {_cold_runs(repeats)} processes each.\n\n"
+        )
+    if "asyncio" in wanted:
+        header += (
+            f"asyncio: every async contender in a new asyncio.run each run (taskfan.map runs "
+            f"a loop of its own in a thread); 100,000-coroutine row: medians of "
+            f"{_seconds_repeats(repeats)} runs; RSS row: one fresh process per contender, "
+            f"killed after {asyncio_bench.MEMORY_TIMEOUT:.0f} s.\n\n"
         )
     print("\n" + header + text)
     (HERE / "results.md").write_text(header + text + "\n")
@@ -115,6 +124,16 @@ def _cold_group(repeats: int) -> list[Scenario]:
         _show(scheduler.cold_start(_cold_runs(repeats))),
         _show(scheduler.tiny_calls_list(repeats, 1_000_000)),
         _show(scheduler.tiny_calls_list(repeats, 100_000)),
+    ]
+
+
+def _asyncio_group(repeats: int, quick: bool) -> list[Scenario]:
+    # --quick skips the peer that makes a task of every one of the million items at once
+    skip = (asyncio_bench.GATHER,) if quick else ()
+    return [
+        *(_show(s) for s in asyncio_bench.sleeping(repeats)),
+        _show(asyncio_bench.many(_seconds_repeats(repeats))),
+        _show(asyncio_bench.memory(skip=skip)),
     ]
 
 
