@@ -583,11 +583,23 @@ class Engine:
         This and everything it calls never wait: the drivers (:meth:`run` blocking,
         :meth:`arun` on an event loop) do the waiting, each in its own way.
         """
-        for d in done:
-            if d.cut is not None:
-                self._apply_cut(d.call_id, d.cut)
-            else:
-                self._finish(d)
+        for i, d in enumerate(done):
+            try:
+                if d.cut is not None:
+                    self._apply_cut(d.call_id, d.cut)
+                else:
+                    self._finish(d)
+            except BaseException:
+                # A final failure stops the run (fail-fast): what came back with it ended
+                # too, and is kept, not counted cancelled.
+                self._fail_fast = False
+                for rest in done[i + 1 :]:
+                    with contextlib.suppress(Exception):
+                        if rest.cut is not None:
+                            self._apply_cut(rest.call_id, rest.cut)
+                        else:
+                            self._finish(rest)
+                raise
         now = self.clock.now()
         # When a retry falls due, those due within a moment after it go out with it
         # (see _batch): starting a little early is well inside the jitter of a delay.
@@ -647,7 +659,8 @@ class Engine:
         if timeout is None or not self._inflight:
             return
         for call_id, index, started in self._backend.running():
-            if now - started >= timeout and call_id in self._inflight:
+            # The same sum as _next_deadline's: a difference may round below it.
+            if now >= started + timeout and call_id in self._inflight:
                 failure = describe_failure(TaskTimeout(timeout), "", "timeout")
                 self._backend.stop(call_id, index, failure)
 
