@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 from taskfan.backends._base import SINGLE, Call, describe_failure
 
+from . import scripted
 from .scripted import (
     EngineStuck,
     ScriptClock,
@@ -34,6 +36,17 @@ from .scripted import (
 )
 
 T0 = 1000.0
+
+
+@pytest.fixture(autouse=True, params=scripted.DRIVERS)
+def _driver(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs on both drivers of the engine: the same policy, the same
+    virtual instants, whether it blocks or awaits."""
+    scripted.driver = request.param
+    yield
+    scripted.driver = "blocking"
+
+
 #: a chunk time no test run reaches: no chunk is cut unless a test means it to be
 NO_CUTS = 1e6
 

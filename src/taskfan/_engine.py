@@ -353,7 +353,7 @@ class Engine:
         first = not self._closed
         self.close()
         if first and self._opened:
-            await self._backend.closed()
+            await self._backend.wait_closed()
 
     def _input_failed(self) -> BaseException:
         error, t = self._input_error, self.tally
