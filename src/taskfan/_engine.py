@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import sys
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -278,9 +279,13 @@ class Engine:
 
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
+        here = threading.get_ident()
 
         def notify() -> None:
-            loop.call_soon_threadsafe(woken.set)  # from any thread, the loop's own too
+            if threading.get_ident() == here:
+                woken.set()  # a coroutine of this loop ended: no need to wake the loop
+            else:
+                loop.call_soon_threadsafe(woken.set)
 
         self._feed = feed
         try:
