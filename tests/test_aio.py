@@ -17,6 +17,8 @@ import pytest
 import taskfan
 from taskfan import TaskTimeout
 
+from .conftest import Gates
+
 T = TypeVar("T")
 
 
@@ -279,3 +281,31 @@ def test_async_parallelized_yields_kwargs_result_error() -> None:
 def test_the_sync_map_runs_coroutines_on_a_loop_of_its_own() -> None:
     got = taskfan.map(double, range(100), workers=20, progress=False)
     assert got == [2 * x for x in range(100)]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_cancelling_amap_of_plain_functions_releases_the_workers(
+    backend: str, gates: Gates
+) -> None:
+    release = gates.new(backend)
+    started = gates.new(backend)
+
+    async def main() -> None:
+        caller = asyncio.create_task(
+            taskfan.amap(_wait_for, [(started, release)] * 4, backend=backend, workers=2)
+        )
+        while not started.is_set():  # a task is running in a worker
+            await asyncio.sleep(0.001)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    run(main)
+    # The autouse check (conftest.py) fails the test if a worker process is still alive;
+    # the threads are released with the gates, when the test ends.
+
+
+def _wait_for(events: tuple[Any, Any]) -> bool:
+    started, release = events
+    started.set()
+    return bool(release.wait(60))
