@@ -108,6 +108,8 @@ if __name__ == "__main__":
         try:
             for value in it:
                 kept.append(value)
+                if len(kept) == 5:
+                    print("five kept", flush=True)
         except KeyboardInterrupt:
             report(sorted(kept))
             raise
@@ -116,6 +118,8 @@ if __name__ == "__main__":
         async def main():
             async for value in taskfan.aimap(task, range(100), workers=100, ordered=False):
                 kept.append(value)
+                if len(kept) == 5:
+                    print("five kept", flush=True)
         try:
             asyncio.run(main())
         except KeyboardInterrupt:
@@ -127,7 +131,13 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("mode", ["map", "aimap"])
 def test_ctrl_c_cancels_stuck_coroutines_at_once(mode: str, tmp_path: Path) -> None:
     proc = run_script(COROUTINES.replace("MODE", repr(mode)), tmp_path)
-    read_until(proc, lambda line: "all stuck" in line)
+    seen: set[str] = set()
+
+    def ready(line: str) -> bool:
+        seen.update(k for k in ("all stuck", "five kept") if k in line)
+        return len(seen) == 2
+
+    read_until(proc, ready)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
