@@ -7,6 +7,8 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -369,3 +371,28 @@ def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
     finally:
         release.set()
         helper.join()
+
+
+def test_a_worker_starts_without_the_engines_imports() -> None:
+    # The fork server imports the worker module (and what rebuilds a worker's start
+    # arguments) before it forks any worker, on the clock of the first call. The
+    # engine's side (dataclasses and the code they generate), traceback and cloudpickle
+    # must wait until a worker needs them.
+    code = (
+        "import sys, multiprocessing.forkserver\n"
+        "from taskfan._start import _WORKER_MODULES\n"
+        "for name in _WORKER_MODULES: __import__(name)\n"
+        "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle',\n"
+        "         'taskfan.backends._base', 'taskfan._outcome', 'taskfan._engine')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_workers_fast_path_is_the_single_mode() -> None:
+    from taskfan.backends import _base, _worker
+
+    assert _worker._SINGLE == _base.SINGLE
