@@ -396,3 +396,37 @@ def test_the_workers_fast_path_is_the_single_mode() -> None:
     from taskfan.backends import _base, _worker
 
     assert _worker._SINGLE == _base.SINGLE
+
+
+_PRELOAD_SCRIPT = """
+import sys, threading
+from multiprocessing import forkserver
+import taskfan
+
+def triple(x):
+    return 3 * x
+
+if __name__ == "__main__":
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait)  # a second thread: forkserver
+    helper.start()
+    fn = (lambda x: 3 * x) if sys.argv[1] == "lambda" else triple
+    assert taskfan.map(fn, [1, 2], backend="process", workers=2) == [3, 6]
+    release.set()
+    helper.join()
+    print(" ".join(forkserver._forkserver._preload_modules))
+"""
+
+
+@pytest.mark.parametrize("kind", ["lambda", "function"])
+def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
+    kind: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "preload.py"
+    script.write_text(_PRELOAD_SCRIPT)
+    run = [sys.executable, str(script), kind]
+    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    preloaded = out.stdout.split()
+    assert "taskfan.backends._worker" in preloaded
+    assert ("cloudpickle" in preloaded) == (kind == "lambda"), preloaded

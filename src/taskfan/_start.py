@@ -89,7 +89,12 @@ def _preload_worker() -> None:
 
         server: Any = forkserver._forkserver
         modules = list(server._preload_modules)
-        missing = [name for name in _WORKER_MODULES if name not in modules]
+        wanted = [*_WORKER_MODULES]
+        if "cloudpickle" in sys.modules:
+            # This process sent something by value (a lambda, a closure: see _pickling),
+            # or uses cloudpickle itself: its workers will need it too.
+            wanted.append("cloudpickle")
+        missing = [name for name in wanted if name not in modules]
         if server._forkserver_pid is None and missing:
             server.set_forkserver_preload([*modules, *missing])
     except (ImportError, AttributeError):  # pragma: no cover - another Python's internals
