@@ -15,8 +15,17 @@ from typing import Any
 import psutil
 import pytest
 
-BACKENDS = ["serial", "thread", "process"]
+from taskfan.backends._registry import REGISTRY, Registration
+
+# Every backend that can run here: a backend is tested by every behaviour test the
+# moment it is registered.
+BACKENDS = [entry.name for entry in REGISTRY.values() if entry.missing is None]
 HERE = Path(__file__).parent
+
+
+def backends_that(can: Callable[[Registration], bool]) -> list[str]:
+    """The usable backends that ``can`` says yes to (``lambda e: e.timeouts``...)."""
+    return [name for name in BACKENDS if can(REGISTRY[name])]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,14 +37,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def opts(backend: str) -> dict[str, Any]:
     """Options that run a call on ``backend`` with several workers where it has them."""
-    workers = 1 if backend == "serial" else 4
+    workers = 4 if REGISTRY[backend].many_workers else 1
     return {"backend": backend, "workers": workers, "progress": False}
 
 
 @pytest.fixture
 def parallel(backend: str) -> bool:
     """True when tasks of the backend under test can run at the same time."""
-    return backend != "serial"
+    return REGISTRY[backend].many_workers
 
 
 class Gates:
@@ -51,7 +60,7 @@ class Gates:
         self._manager: Any = None
 
     def new(self, backend: str = "thread") -> Any:
-        if backend == "process":
+        if not REGISTRY[backend].in_process:
             if self._manager is None:
                 import multiprocessing
 

@@ -16,7 +16,7 @@ BLOCKED = 5
 
 
 def _shared_counter(backend: str) -> taskfan.SafeCounter:
-    return taskfan.SafeCounter.make("process" if backend == "process" else "thread")
+    return taskfan.SafeCounter.make(backend)
 
 
 @pytest.mark.timeout(60)

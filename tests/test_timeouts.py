@@ -10,10 +10,10 @@ import pytest
 import taskfan
 from taskfan import TaskTimeout
 
-from .conftest import Gates
+from .conftest import Gates, backends_that
 
 
-@pytest.fixture(params=["thread", "process"])
+@pytest.fixture(params=backends_that(lambda e: e.timeouts))
 def timed_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

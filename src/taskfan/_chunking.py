@@ -34,11 +34,20 @@ class ChunkSizer:
         self.measured = 0
 
     def observe(self, items: int, seconds: float) -> None:
-        """A chunk of ``items`` items took ``seconds`` of work."""
+        """A chunk of ``items`` items took ``seconds`` of work.
+
+        A chunk far smaller than today's size (a handful of retries, say) moves the
+        estimate in proportion: its few items say little, and their cost is rarely the
+        rest's (a retried item went through its failure first).
+        """
         if items <= 0:
             return
         sample = max(seconds, 0.0) / items
-        self.per_item = sample if self.per_item is None else 0.6 * self.per_item + 0.4 * sample
+        if self.per_item is None:
+            self.per_item = sample
+        else:
+            weight = 0.4 * min(1.0, items / self.size())
+            self.per_item += weight * (sample - self.per_item)
         self.measured += items
 
     def size(self, remaining: int | None = None) -> int:

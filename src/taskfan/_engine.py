@@ -37,9 +37,9 @@ from .backends._base import (
     Done,
     Failure,
     Setup,
-    backend_class,
     describe_failure,
 )
+from .backends._registry import backend_class
 
 __all__ = ["Engine", "Job", "Piece", "TaskRaisedStopIteration"]
 
@@ -51,7 +51,9 @@ AUTO_WINDOW_MAX = 65_536
 CUT_FACTOR = 4.0
 #: ...and at least this long (seconds): jitter alone never cuts a chunk
 CUT_FLOOR = 0.05
-#: retries falling due within this many seconds of each other go out in one call
+#: retries falling due within this many seconds of each other go out in one call (more
+#: where a call costs more: up to a backend's chunk time, at most a quarter of the
+#: backoff: a retry starts at most that much before its drawn delay ends)
 RETRY_COALESCE = 0.002
 
 
@@ -171,6 +173,7 @@ class Engine:
         fail_fast: bool = False,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        backend: Callable[[int, Clock], Backend] | None = None,
     ) -> None:
         self.options, self.plan = options, plan
         self.clock = clock or SystemClock()
@@ -180,12 +183,15 @@ class Engine:
         self._sequence = items if isinstance(items, list | tuple | range) else None
         self._ordered, self._fail_fast = ordered, fail_fast
         self._rng = rng or random.Random()
-        self._backend: Backend = backend_class(plan.backend)(plan.workers, self.clock)
-        self._max_calls = plan.workers * (1 if options.rate else self._backend.calls_per_worker)
-        backend = self._backend
-        target = max(backend.chunk_seconds, plan.workers * backend.seconds_per_worker)
+        # ``backend`` replaces the registered class (a test's scripted backend).
+        make_backend = backend or backend_class(plan.backend)
+        self._backend: Backend = make_backend(plan.workers, self.clock)
+        made = self._backend
+        self._max_calls = plan.workers * (1 if options.rate else made.calls_per_worker)
+        target = max(made.chunk_seconds, plan.workers * made.seconds_per_worker)
         fixed = 1 if options.rate else options.chunksize
         self._sizer = ChunkSizer(target, plan.workers, fixed, floor=target / 8)
+        self._coalesce = max(RETRY_COALESCE, min(made.chunk_seconds, options.backoff / 4))
         self._interval = 1.0 / options.rate if options.rate else 0.0
         self._next_start = -math.inf
         self.tally = Tally()
@@ -471,10 +477,12 @@ class Engine:
             else:
                 self._finish(d)
         now = self.clock.now()
-        # Retries due within a moment of each other go out together (see _batch): one
-        # of them starting a millisecond early is well inside the jitter of its delay.
-        while self._timers and self._timers[0][0] <= now + RETRY_COALESCE:
-            self._pending.append(heapq.heappop(self._timers)[2])
+        # When a retry falls due, those due within a moment after it go out with it
+        # (see _batch): starting a little early is well inside the jitter of a delay.
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            while timers and timers[0][0] <= now + self._coalesce:
+                self._pending.append(heapq.heappop(timers)[2])
         if self._exhausted and not self._pending and not self._timers:
             self._backend.release_idle()
         self._expire(now)
@@ -626,10 +634,25 @@ class Engine:
         if span.positions is None:
             self._settle(Piece.of(span, start, values, failures, done))
             return
-        for i, value in enumerate(values):  # a batch of retries: each in its own place
+        # A batch of retries: each task in its own place.
+        per_item = done.elapsed / len(done.values) if done.values else done.elapsed
+        items, positions, attempt = span.items, span.positions, span.attempt
+        worker, started = done.worker, done.started
+        for i, value in enumerate(values):
             failure = failures.get(i) if failures else None
-            one = span.sub(start + i, start + i + 1)
-            self._settle(Piece.of(one, 0, [value], None if failure is None else {0: failure}, done))
+            j = start + i
+            self._settle(
+                Piece(
+                    positions[j],
+                    items[j : j + 1],
+                    [value],
+                    None if failure is None else {0: failure},
+                    attempt,
+                    worker,
+                    started + j * per_item,
+                    per_item,
+                )
+            )
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
@@ -646,9 +669,11 @@ class Engine:
         tally = self.tally
         retry: list[int] = []
         if failures:
-            retry = sorted(i for i, f in failures.items() if self._retryable(f, piece.attempt))
-            for i in retry:
-                self._schedule_retry(Span(piece.seq + i, [piece.items[i]], piece.attempt + 1))
+            attempt = piece.attempt
+            retry = sorted(i for i, f in failures.items() if self._retryable(f, attempt))
+            if retry:
+                seq, items = piece.seq, piece.items
+                self._schedule_retries([Span(seq + i, [items[i]], attempt + 1) for i in retry])
             retrying = set(retry)
             final = [f for i, f in failures.items() if i not in retrying]
             tally.failed += len(final)
@@ -698,14 +723,17 @@ class Engine:
             return True
         return isinstance(failure.error, self.options.retry_on)
 
-    def _schedule_retry(self, span: Span) -> None:
+    def _schedule_retries(self, spans: list[Span]) -> None:
+        """Queue ``spans`` (on one attempt number) after their backoff: uniform in
+        ``[0, cap)``, the cap doubling per attempt ("full jitter")."""
         o = self.options
-        cap = min(o.backoff_max, o.backoff * 2.0 ** (span.attempt - 2))
-        delay = self._rng.uniform(0.0, cap) if cap > 0 else 0.0
-        if delay <= 0:
-            self._pending.append(span)
-        else:
-            heapq.heappush(self._timers, (self.clock.now() + delay, next(self._ids), span))
+        cap = min(o.backoff_max, o.backoff * 2.0 ** (spans[0].attempt - 2))
+        if cap <= 0:
+            self._pending.extend(spans)
+            return
+        now, draw, ids, timers = self.clock.now(), self._rng.random, self._ids, self._timers
+        for span in spans:
+            heapq.heappush(timers, (now + draw() * cap, next(ids), span))
 
 
 class TaskRaisedStopIteration(RuntimeError):

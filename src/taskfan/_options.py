@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from .backends._registry import REGISTRY, Registration, cpu_count, registration
+
 __all__ = ["BACKENDS", "Options", "Plan", "cpu_count", "make_options", "parse_rate", "plan"]
 
-BACKENDS = ("auto", "serial", "thread", "process", "async", "dask")
+BACKENDS = ("auto", *REGISTRY)
 _ERRORS = ("raise", "return", "skip")
 _RATE_UNITS = {
     "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
@@ -300,36 +302,42 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 
 
 def _check_combination(options: Options) -> None:
-    if options.backend == "serial" and options.workers not in (None, 1):
+    name = options.backend
+    entry = None if name == "auto" else registration(name)
+    if entry is not None and not entry.many_workers and options.workers not in (None, 1):
         raise ValueError(
-            f"backend='serial' runs one task at a time in the calling thread; "
-            f"workers={options.workers} needs backend='thread' or 'process'"
+            f"backend={name!r} runs one task at a time in the calling thread; "
+            f"workers={options.workers} needs {_those(lambda e: e.many_workers)}"
         )
-    if options.backend == "serial" and options.timeout is not None:
+    if entry is not None and not entry.timeouts and options.timeout is not None:
         raise ValueError(
-            "timeout= cannot stop a task running inline with backend='serial'; "
-            "use backend='thread' or backend='process'"
-        )
-    if options.max_tasks_per_worker is not None and options.backend != "process":
-        raise ValueError(
-            f"max_tasks_per_worker= replaces worker processes and needs backend='process', "
-            f"not backend={options.backend!r}"
+            f"timeout= cannot stop a task running inline with backend={name!r}; "
+            f"use {_those(lambda e: e.timeouts)}"
         )
     if options.initargs and options.initializer is None:
         raise ValueError("initargs= was given without initializer=")
-    if options.address is not None and options.backend != "dask":
-        raise ValueError("address= is the dask scheduler and needs backend='dask'")
+    for option, what in _OWN_OPTIONS.items():
+        if getattr(options, option) is None:
+            continue
+        owners = [e.name for e in REGISTRY.values() if option in e.own_options]
+        if name not in owners:
+            needs = " or ".join(f"backend={owner!r}" for owner in owners)
+            raise ValueError(f"{option}= {what} and needs {needs}, not backend={name!r}")
+
+
+#: what each backend-only option does, for the message that refuses it elsewhere
+_OWN_OPTIONS = {
+    "max_tasks_per_worker": "replaces worker processes",
+    "address": "is the dask scheduler",
+}
+
+
+def _those(can: Callable[[Registration], bool]) -> str:
+    names = [e.name for e in REGISTRY.values() if can(e) and e.missing is None]
+    return " or ".join(f"backend={name!r}" for name in names)
 
 
 # --- turning options into a plan --------------------------------------------------------
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (affinity-aware where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,21 +353,18 @@ def plan(options: Options, fn: Callable[..., object] | None) -> Plan:
     name = options.backend
     if name == "auto":
         name = _auto_backend(options, fn)
-    if name != "async" and fn is not None and is_async_callable(fn):
+    entry = registration(name)
+    if not entry.coroutines and fn is not None and is_async_callable(fn):
         raise TypeError(
             f"{_describe(fn)} is a coroutine function (async def): calling it on "
             f"backend={name!r} would only create coroutines, never run them. "
-            "backend='async' is not available in this version of taskfan yet; until it "
-            "is, run each one to its end in the task: lambda x: asyncio.run(fn(x))"
+            f"Use {_those(lambda e: e.coroutines) or _NO_ASYNC}"
         )
-    if name in ("async", "dask"):
-        raise NotImplementedError(
-            f"backend={name!r} is not available in this version of taskfan yet; "
-            "use backend='thread' or backend='process'"
-        )
+    if entry.missing is not None:
+        raise NotImplementedError(entry.missing)
     if name == "thread" and options.workers == 1 and options.timeout is None:
         name = "serial"  # one thread buys nothing over running inline (SPEC section 1)
-    workers = options.workers if options.workers is not None else _default_workers(name)
+    workers = options.workers if options.workers is not None else entry.default_workers()
     return Plan(name, workers)
 
 
@@ -380,17 +385,16 @@ def _describe(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+# Until a backend runs coroutines, what to do meanwhile.
+_NO_ASYNC = (
+    "a backend that runs coroutines (none is available in this version of taskfan "
+    "yet); until then, run each one to its end in the task: lambda x: asyncio.run(fn(x))"
+)
+
+
 def _auto_backend(options: Options, fn: Callable[..., object] | None) -> str:
     if fn is not None and is_async_callable(fn):
-        return "async"
+        return next((e.name for e in REGISTRY.values() if e.coroutines), "thread")
     if options.workers == 1 and options.timeout is None:
         return "serial"
     return "thread"
-
-
-def _default_workers(backend: str) -> int:
-    if backend == "serial":
-        return 1
-    if backend == "process":
-        return cpu_count()
-    return min(32, cpu_count() + 4)

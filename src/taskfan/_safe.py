@@ -7,18 +7,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import Any, Self
 
-__all__ = ["SafeCounter", "SafeDict"]
+from .backends._registry import REGISTRY
 
-_IN_PROCESS = ("auto", "serial", "thread")
-_SUPPORTED = (*_IN_PROCESS, "process")
+__all__ = ["SafeCounter", "SafeDict"]
 
 
 def _shared_between_processes(kind: str, backend: str) -> bool:
-    if not isinstance(backend, str) or backend not in _SUPPORTED:
+    """Do the tasks of ``backend`` run in other processes (on this machine)?"""
+    # Workers on other machines cannot reach the server that holds the shared values.
+    usable = ["auto", *(e.name for e in REGISTRY.values() if e.local)]
+    if not isinstance(backend, str) or backend not in usable:
         raise ValueError(
-            f"{kind}.make(backend) takes one of {', '.join(map(repr, _SUPPORTED))}; got {backend!r}"
+            f"{kind}.make(backend) takes one of {', '.join(map(repr, usable))}; got {backend!r}"
         )
-    return backend == "process"
+    return backend != "auto" and not REGISTRY[backend].in_process
 
 
 class _Closable:

@@ -388,22 +388,3 @@ class Backend(ABC):
     def close(self, cancel: bool) -> None:
         """Release the workers; with ``cancel``, drop queued calls and stop running ones
         where possible (a thread cannot be stopped: it is abandoned)."""
-
-
-_REGISTRY = {
-    "serial": ("taskfan.backends._serial", "SerialBackend"),
-    "thread": ("taskfan.backends._thread", "ThreadBackend"),
-    "process": ("taskfan.backends._process", "ProcessBackend"),
-}
-
-
-def backend_class(name: str) -> type[Backend]:
-    """The backend class registered as ``name``, imported only when first asked for."""
-    import importlib
-
-    try:
-        module_name, class_name = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"no backend named {name!r}; available: {', '.join(_REGISTRY)}") from None
-    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
-    return cls

@@ -28,12 +28,14 @@ from .._pickling import dumps_by_value
 
 if TYPE_CHECKING:
     from ._base import Failure
+    from ._trace import Trace
 
 # The fork server imports this module before it forks any worker, on the clock of the
 # first call that starts one: it imports only what a worker needs to serve calls. The
 # engine's side of the interface (``._base``: dataclasses and their generated code) and
-# ``traceback`` come in when first used: in the parent, which has them already, and in a
-# worker, with the first task that is not a plain ``fn(item)`` or that fails.
+# ``traceback`` (``._trace``) come in when first used: in the parent, which has them
+# already, and in a worker, with the first task that is not a plain ``fn(item)`` or that
+# fails.
 
 __all__ = [
     "CALL",
@@ -72,7 +74,8 @@ _SINGLE = 0  # ._base.SINGLE, fn(item): the fast path (a test checks that they a
 
 # An error record travels as (pickled exception or None, type name, message, traceback,
 # retry): the exception itself when it survives a pickle round trip, a description if not.
-ErrorRecord = tuple[bytes | None, str, str, str, bool]
+# The traceback travels as what its text is made of (see _trace), formatted when read.
+ErrorRecord = tuple[bytes | None, str, str, "Trace | str", bool]
 
 
 def call_header(call_id: int, limit: int | None) -> bytes:
@@ -134,6 +137,7 @@ def unrebuildable_result(error: Exception) -> Failure:
 def _failure(record: ErrorRecord) -> Failure:
     from .._errors import TaskError
     from ._base import describe_failure
+    from ._trace import render
 
     blob, type_name, message, tb_text, retry = record
     error: BaseException | None = None
@@ -144,7 +148,10 @@ def _failure(record: ErrorRecord) -> Failure:
             error = None
     if not isinstance(error, BaseException):
         error = TaskError(type_name, message)
-    failure = describe_failure(error, tb_text)
+    if isinstance(tb_text, str):
+        failure = describe_failure(error, tb_text)
+    else:
+        failure = describe_failure(error, lambda: render(tb_text))
     failure.retry = retry
     return failure
 
@@ -432,7 +439,7 @@ def _rebuild(blob: bytes) -> Any:
 
 def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent."""
-    import traceback
+    from ._trace import summarize
 
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
@@ -442,7 +449,7 @@ def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
         and (os.path.dirname(tb.tb_frame.f_code.co_filename) == ours)
     ):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(error), error, tb))
+    text = summarize(error, tb)
     blob: bytes | None
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
