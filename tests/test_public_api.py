@@ -10,6 +10,9 @@ import taskfan
 EXPECTED = {
     "map",
     "imap",
+    "amap",
+    "aimap",
+    "AsyncResultIterator",
     "starmap",
     "Runner",
     "Parallelized",

@@ -10,6 +10,8 @@ import pytest
 import taskfan
 from taskfan._engine import TaskRaisedStopIteration
 
+from .conftest import backends_that
+
 
 def _next_of_empty(x: int) -> int:
     if x == 1:
@@ -178,16 +180,24 @@ class _AsyncCallable:
         return x
 
 
-@pytest.mark.parametrize(
+COROUTINE_FUNCTIONS = pytest.mark.parametrize(
     "fn",
     [_coroutine_function, functools.partial(_coroutine_function), _AsyncCallable()],
     ids=["async-def", "partial", "async-call"],
 )
-def test_a_coroutine_function_is_refused_rather_than_left_unawaited(backend: str, fn: Any) -> None:
-    with pytest.raises(TypeError, match="coroutine function"):
-        taskfan.map(fn, [1, 2], backend=backend, progress=False)
 
 
-def test_auto_picks_async_for_a_coroutine_function_and_says_it_is_not_here_yet() -> None:
-    with pytest.raises(NotImplementedError, match="backend='async'"):
-        taskfan.map(_coroutine_function, [1])
+@COROUTINE_FUNCTIONS
+@pytest.mark.parametrize("plain_backend", backends_that(lambda e: not e.coroutines))
+def test_a_coroutine_function_is_refused_rather_than_left_unawaited(
+    plain_backend: str, fn: Any
+) -> None:
+    with pytest.raises(TypeError, match=r"coroutine function .* backend='async'"):
+        taskfan.map(fn, [1, 2], backend=plain_backend, progress=False)
+
+
+@COROUTINE_FUNCTIONS
+def test_auto_picks_async_for_a_coroutine_function(fn: Any) -> None:
+    it = taskfan.imap(fn, [1, 2, 3], progress=False)
+    assert list(it) == [1, 2, 3]
+    assert it.report.ok == 3

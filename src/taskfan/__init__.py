@@ -11,6 +11,9 @@ import typing as _typing
 __version__ = "0.1.0"
 
 _WHERE = {
+    "AsyncResultIterator": "._aio",
+    "aimap": "._aio",
+    "amap": "._aio",
     "Parallelized": "._api",
     "ResultIterator": "._api",
     "Runner": "._api",
@@ -33,6 +36,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "AsyncResultIterator",
     "Cancelled",
     "Outcome",
     "Parallelized",
@@ -49,6 +53,8 @@ __all__ = [
     "WorkerCrashed",
     "__version__",
     "add_arguments",
+    "aimap",
+    "amap",
     "imap",
     "map",
     "options_from_args",
@@ -70,6 +76,7 @@ def __dir__() -> list[str]:
 
 
 if _typing.TYPE_CHECKING:
+    from ._aio import AsyncResultIterator, aimap, amap
     from ._api import Parallelized, ResultIterator, Runner, imap, map, starmap
     from ._args import add_arguments, options_from_args
     from ._errors import (

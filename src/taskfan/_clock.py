@@ -19,6 +19,15 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
+    async def asleep(self, seconds: float) -> None:
+        """``sleep`` for an event loop: the loop runs other tasks meanwhile."""
+        raise NotImplementedError
+
+    @property
+    def virtual(self) -> bool:
+        """Does time move only when someone sleeps (a test's clock)?"""
+        return False
+
 
 class SystemClock(Clock):
     """Real time. ``sleep`` is interruptible by Ctrl+C like ``time.sleep``."""
@@ -32,6 +41,11 @@ class SystemClock(Clock):
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        import asyncio
+
+        await asyncio.sleep(max(0.0, seconds))
 
 
 class MockClock(Clock):
@@ -51,6 +65,16 @@ class MockClock(Clock):
         self.sleeps.append(seconds)
         if seconds > 0:
             self._now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        import asyncio
+
+        self.sleep(seconds)
+        await asyncio.sleep(0)  # the loop's other tasks still get their turn
+
+    @property
+    def virtual(self) -> bool:
+        return True
 
     def advance(self, seconds: float) -> None:
         """Move time forward without recording a sleep."""

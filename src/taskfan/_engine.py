@@ -12,14 +12,16 @@ log line.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 import random
 import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,7 @@ from .backends._base import (
 )
 from .backends._registry import backend_class
 
-__all__ = ["Engine", "Job", "Piece", "TaskRaisedStopIteration"]
+__all__ = ["Engine", "Feed", "Job", "Piece", "TaskRaisedStopIteration"]
 
 logger = logging.getLogger("taskfan")
 
@@ -210,6 +212,7 @@ class Engine:
         self._emitted = 0
         self._exhausted = False
         self._input_error: Exception | None = None
+        self._feed: Feed | None = None
         self._observers: list[Observer] = []
         self._opened = self._closed = self._complete = False
         self._t0 = self._t1 = 0.0
@@ -238,6 +241,13 @@ class Engine:
 
     def run(self) -> Iterator[Piece]:
         """Run the job, yielding pieces of ended tasks; cleans up however it is left."""
+        if self._backend.name == "async" and _loop_running():
+            self.close()
+            raise RuntimeError(
+                "this call blocks until its coroutines end, but it was made from inside "
+                "a running event loop, which would then stall: use "
+                "`await taskfan.amap(...)` or `async for ... in taskfan.aimap(...)` there"
+            )
         self.open()
         try:
             while True:
@@ -256,6 +266,99 @@ class Engine:
                 raise self._input_failed()
         finally:
             self.close()
+
+    async def arun(self, feed: Feed | None = None) -> AsyncGenerator[Piece, None]:
+        """:meth:`run` for a caller on an event loop: the same policy, step by step,
+        awaiting instead of blocking. ``feed`` brings input from an async iterable.
+
+        The backend wakes the loop when it has news (see ``Backend.wake_me``); the
+        engine's state stays on the loop's thread. The caller must ``aclose()`` this
+        generator (``aimap`` does) so that the run is cancelled however it is left.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        here = threading.get_ident()
+
+        def notify() -> None:
+            if threading.get_ident() == here:
+                woken.set()  # a coroutine of this loop ended: no need to wake the loop
+            else:
+                loop.call_soon_threadsafe(woken.set)
+
+        self._feed = feed
+        try:
+            self.open()
+            if feed is not None:
+                feed.start(notify)
+            while True:
+                self._dispatch()
+                if feed is not None:
+                    feed.want(self._input_room())
+                if self._out:
+                    while self._out:
+                        piece = self._out.popleft()
+                        self._emitted += len(piece.items)
+                        yield piece
+                    continue
+                if self._drained():
+                    break
+                await self._astep(woken, notify)
+            self._complete = True
+            if self._input_error is not None:
+                raise self._input_failed()
+        finally:
+            if feed is not None:
+                await feed.stop()
+            await self.aclose()
+
+    async def _astep(self, woken: Any, notify: Callable[[], None]) -> None:
+        """:meth:`_step` on an event loop."""
+        if self.clock.virtual:
+            # Virtual time moves only when the engine waits: a scripted backend's
+            # wait() advances it, as in the blocking driver; the loop still turns.
+            self._step()
+            await _turn()
+            return
+        timeout = self._wake_in()
+        backend = self._backend
+        done = backend.wait(0) if self._inflight else []
+        if not done:
+            if not self._inflight and timeout is None and self._feed is None:
+                if self._drained():
+                    return
+                raise RuntimeError("taskfan engine: nothing to wait for (this is a bug)")
+            woken.clear()
+            if self._inflight:
+                backend.wake_me(notify)
+            try:
+                if not self._feed_has_news():
+                    await _until(woken, timeout)
+            finally:
+                if self._inflight:
+                    backend.wake_me(None)
+            if self._inflight:
+                done = backend.wait(0)
+        self._react(done)
+
+    def _feed_has_news(self) -> bool:
+        feed = self._feed
+        return feed is not None and not self._exhausted and (bool(feed.items) or feed.ended)
+
+    def _input_room(self) -> int:
+        """Items the engine would take from its input now."""
+        if self._exhausted:
+            return 0
+        return max(1, self._window() - self._held())
+
+    async def aclose(self) -> None:
+        """:meth:`close` on an event loop: also waits (without blocking the loop) until
+        what it cancelled has ended."""
+        first = not self._closed
+        self.close()
+        if first and self._opened:
+            await self._backend.wait_closed()
 
     def _input_failed(self) -> BaseException:
         error, t = self._input_error, self.tally
@@ -367,8 +470,10 @@ class Engine:
             return None
         size = min(self._sizer.size(self._remaining()), room, cap)
         items = self._take(size)
-        if len(items) < size:
+        if len(items) < size and (self._feed is None or self._feed.drained()):
             self._exhausted = True
+            if self._feed is not None and self._feed.error is not None:
+                self._input_error = self._feed.error
         if not items:
             return None
         span = Span(self.tally.pulled, items)
@@ -401,6 +506,9 @@ class Engine:
         return Span(positions[0], items, span.attempt, positions, span.sent)
 
     def _take(self, size: int) -> Sequence[Any]:
+        feed = self._feed
+        if feed is not None:
+            return feed.take(size)
         if self._sequence is not None:
             # Slicing a list is a copy of pointers; slicing a range creates nothing.
             start = self.tally.pulled
@@ -461,6 +569,7 @@ class Engine:
     # --- waiting ----------------------------------------------------------------------------
 
     def _step(self) -> None:
+        """Wait for the next event (blocking), then act on it."""
         timeout = self._wake_in()
         if self._inflight:
             done = self._backend.wait(timeout)
@@ -471,11 +580,31 @@ class Engine:
                 raise RuntimeError("taskfan engine: nothing to wait for (this is a bug)")
             self.clock.sleep(timeout)
             done = []
-        for d in done:
-            if d.cut is not None:
-                self._apply_cut(d.call_id, d.cut)
-            else:
-                self._finish(d)
+        self._react(done)
+
+    def _react(self, done: list[Done]) -> None:
+        """Act on what happened since the last step: calls that ended, time that passed.
+
+        This and everything it calls never wait: the drivers (:meth:`run` blocking,
+        :meth:`arun` on an event loop) do the waiting, each in its own way.
+        """
+        for i, d in enumerate(done):
+            try:
+                if d.cut is not None:
+                    self._apply_cut(d.call_id, d.cut)
+                else:
+                    self._finish(d)
+            except BaseException:
+                # A final failure stops the run (fail-fast): what came back with it ended
+                # too, and is kept, not counted cancelled.
+                self._fail_fast = False
+                for rest in done[i + 1 :]:
+                    with contextlib.suppress(Exception):
+                        if rest.cut is not None:
+                            self._apply_cut(rest.call_id, rest.cut)
+                        else:
+                            self._finish(rest)
+                raise
         now = self.clock.now()
         # When a retry falls due, those due within a moment after it go out with it
         # (see _batch): starting a little early is well inside the jitter of a delay.
@@ -535,7 +664,8 @@ class Engine:
         if timeout is None or not self._inflight:
             return
         for call_id, index, started in self._backend.running():
-            if now - started >= timeout and call_id in self._inflight:
+            # The same sum as _next_deadline's: a difference may round below it.
+            if now >= started + timeout and call_id in self._inflight:
                 failure = describe_failure(TaskTimeout(timeout), "", "timeout")
                 self._backend.stop(call_id, index, failure)
 
@@ -799,3 +929,103 @@ def _no_progress() -> Failure:
         "taskfan: please report it)"
     )
     return describe_failure(error, "")
+
+
+def _loop_running() -> bool:
+    """Is an event loop running in this thread? (asyncio is not imported to find out.)"""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _turn() -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
+
+
+async def _until(event: Any, timeout: float | None) -> None:
+    """Wait until ``event`` is set or ``timeout`` seconds passed (None: no limit)."""
+    import asyncio
+
+    if timeout is None:
+        await event.wait()
+        return
+    handle = asyncio.get_running_loop().call_later(max(0.0, timeout), event.set)
+    try:
+        await event.wait()
+    finally:
+        handle.cancel()
+
+
+class Feed:
+    """Input from an async iterable, pulled by a task of its own on the loop.
+
+    The engine takes what has arrived (:meth:`take`) and says how much more it has
+    room for (:meth:`want`); the task pulls no further than that, so a slow consumer
+    bounds what is read ahead, as the window does for plain iterables.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.items: deque[Any] = deque()
+        self.ended = False
+        self.error: Exception | None = None
+        self._source = source
+        self._room = 0
+        self._task: Any = None
+        self._more: Any = None
+
+    def start(self, notify: Callable[[], None]) -> None:
+        import asyncio
+
+        self._more = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._pull(notify))
+
+    async def _pull(self, notify: Callable[[], None]) -> None:
+        iterator = aiter(self._source)
+        try:
+            while True:
+                while len(self.items) >= self._room:
+                    self._more.clear()
+                    await self._more.wait()
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                self.items.append(item)
+                notify()
+        except Exception as error:  # the input's own error: raised after the tasks taken
+            self.error = error
+        finally:
+            self.ended = True
+            notify()
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def want(self, room: int) -> None:
+        self._room = room
+        if len(self.items) < room and self._more is not None:
+            self._more.set()
+
+    def take(self, size: int) -> list[Any]:
+        items = self.items
+        return [items.popleft() for _ in range(min(size, len(items)))]
+
+    def drained(self) -> bool:
+        """Has the input ended, and everything it gave been taken?"""
+        return self.ended and not self.items
+
+    async def stop(self) -> None:
+        """Stop pulling (the run ended, or was cancelled)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

@@ -183,6 +183,27 @@ def where_stuck(thread_id: int | None, failure: Failure) -> None:
     failure.error.__cause__ = TaskTraceback(text)
 
 
+def where_awaiting(coroutine: Any, failure: Failure) -> None:
+    """Attach to ``failure`` where a timed-out coroutine was waiting (its await chain)."""
+    frames = []
+    current = coroutine
+    while current is not None:
+        frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(
+            traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        )
+        current = getattr(current, "cr_await", None) or getattr(current, "gi_yieldfrom", None)
+    text = (
+        "Where the task was when its timeout passed (most recent call last):\n"
+        + "".join(traceback.format_list(frames))
+        + "".join(traceback.format_exception_only(type(failure.error), failure.error))
+    )
+    failure.traceback = text
+    failure.error.__cause__ = TaskTraceback(text)
+
+
 def capture(error: BaseException) -> Failure:
     """A Failure for an exception raised by a task in this process."""
     tb = error.__traceback__
@@ -388,3 +409,19 @@ class Backend(ABC):
     def close(self, cancel: bool) -> None:
         """Release the workers; with ``cancel``, drop queued calls and stop running ones
         where possible (a thread cannot be stopped: it is abandoned)."""
+
+    # --- for a driver that waits on an event loop -------------------------------------
+
+    def wake_me(self, notify: Callable[[], None] | None) -> None:
+        """Call ``notify()`` once (from any thread) as soon as :meth:`wait` with a zero
+        timeout would return something; ``None`` calls that off and returns only when
+        nothing will call it any more.
+
+        A driver on an event loop never blocks in :meth:`wait`: it asks to be woken,
+        awaits, calls it off, then collects with ``wait(0)``.
+        """
+        raise NotImplementedError(f"backend {self.name!r} cannot be awaited from an event loop")
+
+    async def wait_closed(self) -> None:  # noqa: B027 - optional: most close at once
+        """After :meth:`close` on an event loop: return once what it cancelled has
+        ended (coroutines run their ``finally`` blocks on that loop)."""

@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 import weakref
@@ -162,6 +163,7 @@ class ProcessBackend(Backend):
         self._queue: deque[_Sent] = deque()
         self._workers: list[_Worker] = []
         self._ready: list[Done] = []
+        self._watcher: _Watcher | None = None
         self._free = list(range(workers))[::-1]
         self._numbers = itertools.count(1)
         self._fn_ids = itertools.count()
@@ -225,6 +227,18 @@ class ProcessBackend(Backend):
         done, self._ready = self._ready, []
         return done
 
+    def wake_me(self, notify: Callable[[], None] | None) -> None:
+        if notify is None:
+            watcher, self._watcher = self._watcher, None
+            if watcher is not None:
+                watcher.stop()  # returns once it looks at no pipe any more
+            return
+        if self._ready:
+            notify()
+            return
+        handles = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+        self._watcher = _Watcher(handles, notify)
+
     def started_calls(self) -> list[tuple[int, float]]:
         found = []
         for worker in self._workers:
@@ -281,6 +295,7 @@ class ProcessBackend(Backend):
         # on what is still open rather than on a flag set before the work was done.
         with ctrl_c_deferred():
             self._closed = True  # no new worker from here on
+            self.wake_me(None)
             workers = list(self._workers)
             for worker in workers:
                 if cancel:
@@ -598,6 +613,34 @@ def _task_frames(dump: str) -> str:
 def _kill(process: Any) -> None:
     _kill_tree(process)
     process.join(1.0)
+
+
+class _Watcher:
+    """A thread that tells a driver on an event loop when a worker has news.
+
+    It only watches (pipes readable, a worker gone), never reads: the backend reads,
+    on the loop's thread, after being woken. ``stop`` returns once the thread no longer
+    looks at those pipes, so the backend may close them afterwards.
+    """
+
+    def __init__(self, handles: list[Any], notify: Callable[[], None]) -> None:
+        self._stop_r, self._stop_w = os.pipe()
+        self._notify = notify
+        self._thread = threading.Thread(
+            target=self._watch, args=(handles,), name="taskfan-watcher", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, handles: list[Any]) -> None:
+        ready = wait_for([*handles, self._stop_r])
+        if self._stop_r not in ready:
+            self._notify()
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
 
 def _kill_tree(process: Any) -> None:

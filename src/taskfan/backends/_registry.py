@@ -91,8 +91,6 @@ REGISTRY: dict[str, Registration] = {
             "AsyncBackend",
             lambda: 100,
             coroutines=True,
-            missing="backend='async' is not available in this version of taskfan yet; "
-            "use backend='thread' or backend='process'",
         ),
         Registration(
             "dask",

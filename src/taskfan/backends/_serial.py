@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -70,6 +70,11 @@ class SerialBackend(Backend):
 
     def close(self, cancel: bool) -> None:
         self._done = []
+
+    def wake_me(self, notify: Callable[[], None] | None) -> None:
+        # Calls run inline, in submit: whatever ended is there already.
+        if notify is not None and self._done:
+            notify()
 
     # --- telling a real Ctrl+C from a task's own KeyboardInterrupt ------------------------
 

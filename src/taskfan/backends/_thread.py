@@ -109,6 +109,7 @@ class ThreadBackend(Backend):
         self._numbers = itertools.count(1)
         self._initializer: Callable[..., object] | None = None
         self._initargs: tuple[Any, ...] = ()
+        self._notify: Callable[[], None] | None = None
 
     def start(self, setup: Setup) -> None:
         self._initializer, self._initargs = setup.initializer, setup.initargs
@@ -148,6 +149,17 @@ class ThreadBackend(Backend):
                 break
         self._outstanding -= len(done)
         return done
+
+    def _post(self, done: Done) -> None:
+        self._outbox.put(done)
+        notify = self._notify
+        if notify is not None:
+            notify()
+
+    def wake_me(self, notify: Callable[[], None] | None) -> None:
+        self._notify = notify
+        if notify is not None and not self._outbox.empty():
+            notify()  # it came before the driver asked
 
     def started_calls(self) -> list[tuple[int, float]]:
         found = []
@@ -192,7 +204,7 @@ class ThreadBackend(Backend):
             done = self._abandon(slot, call_id, index, failure)
             if done is not None:
                 self._slots.remove(slot)
-                self._outbox.put(done)
+                self._post(done)
                 if self._live() < min(self.workers, self._outstanding):
                     self._spawn()
                 return True
@@ -255,7 +267,7 @@ class ThreadBackend(Backend):
 
     def _work(self, slot: _Slot) -> None:
         broken = self._initialize()
-        inbox, outbox = self._inbox, self._outbox
+        inbox = self._inbox
         while True:
             call = inbox.get()
             if call is None or self._closing:
@@ -268,7 +280,7 @@ class ThreadBackend(Backend):
                 done = self._run_untimed(call, slot)
             if done is None or self._closing:
                 return  # abandoned by a timeout, or the run was cancelled
-            outbox.put(done)
+            self._post(done)
 
     def _initialize(self) -> Failure | None:
         if self._initializer is None:
