@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "cold" in wanted:
         header += (
-            f"Cold start: each run a fresh Python process with one extra thread, the first "
-            f"call timed inside it; medians of {_cold_runs(repeats)} processes each.\n\n"
+            f"Cold start: each run a fresh Python process running a small script with one "
+            f"extra thread (benchmarks/cold_program.py), the first call timed inside it, "
+            f"taskfan byte-compiled as an install has it; medians of {_cold_runs(repeats)} "
+            f"processes each.\n\n"
         )
     if "asyncio" in wanted:
         header += (

@@ -221,12 +221,13 @@ def _spawn(
     stdout: IO[bytes] | int,
     stderr: IO[bytes] | int,
     code: str = _CHILD_CODE,
+    script: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Run ``child_main(args)`` (or ``code``) in a new session, so that killpg reaches all
-    its processes."""
+    """Run ``child_main(args)`` (or ``code``, or the file ``script``) in a new session, so
+    that killpg reaches all its processes."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *([script] if script else ["-c", code]), *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": path},
         stdin=subprocess.DEVNULL,

@@ -329,36 +329,19 @@ def _retries_scenario(what: str, failing: int, times: dict[str, float | None]) -
 
 # cold: the first call in a fresh process that runs one extra thread
 
-
-_COLD_CODE = (
-    "import sys; from benchmarks.scheduler import cold_child; sys.exit(cold_child(sys.argv[1:]))"
-)
+_COLD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cold_program.py")
 _COLD_MAPS = ("taskfan", "Pool.map")
 
 
-def cold_child(argv: list[str]) -> int:
-    """In a fresh process: start a sleeping thread, then time the first ``map``."""
-    name, n = argv[0], int(argv[1])
-    import multiprocessing  # imports off the clock, as in a program that imports first
-
-    import taskfan
-
-    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
-    items = list(range(n))
-    t0 = time.perf_counter()
-    if name == "taskfan":
-        results = taskfan.map(square, items, backend="process", workers=WORKERS, progress=False)
-    else:  # the default start method: fork on Linux before 3.14, extra thread or not
-        with multiprocessing.Pool(WORKERS) as pool:
-            results = pool.map(square, items)
-    elapsed = time.perf_counter() - t0
-    assert results == [square(x) for x in items], name
-    print(elapsed, flush=True)
-    return 0
-
-
 def cold_start(runs: int, n: int = 100_000) -> Scenario:
-    """The first map of n tiny calls on 2 processes, each run in a fresh Python process."""
+    """The first map of n tiny calls on 2 processes, each run in a fresh Python process.
+
+    The program is a script, cold_program.py, as a user's would be: its task function is
+    defined in it, and a forkserver preloads it. taskfan is byte-compiled first, as
+    installing it does: with PYTHONDONTWRITEBYTECODE set and an editable install, every
+    process would otherwise compile taskfan's source again, which no installed copy does.
+    """
+    _byte_compile("taskfan")
     times: dict[str, list[float]] = {name: [] for name in _COLD_MAPS}
     notes: dict[str, str] = {}
     for _ in range(runs):  # interleaved, as median_times does
@@ -373,7 +356,8 @@ def cold_start(runs: int, n: int = 100_000) -> Scenario:
     if ratio and "taskfan" not in notes:
         notes["taskfan"] = ratio
     return Scenario(
-        f"first map of {n:,} tiny calls, {WORKERS} processes, fresh process with 1 extra thread",
+        f"first map of {n:,} tiny calls, {WORKERS} processes, list input, fresh script "
+        "process with 1 extra thread",
         "s",
         False,
         figures,
@@ -384,7 +368,7 @@ def cold_start(runs: int, n: int = 100_000) -> Scenario:
 def _cold_one(name: str, n: int) -> tuple[float | None, str | None]:
     """Seconds of the first map in a fresh process, or None and what went wrong."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = _spawn([name, str(n)], out, err, code=_COLD_CODE)
+        child = _spawn([name, str(n), str(WORKERS)], out, err, script=_COLD_SCRIPT)
         try:
             child.wait(timeout=HARD_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -398,6 +382,16 @@ def _cold_one(name: str, n: int) -> tuple[float | None, str | None]:
             last = err.read().decode(errors="replace").strip().splitlines()[-1:]
             return None, f"exit {child.returncode}: {' '.join(last)}"[:120]
     return float(lines[-1]), None
+
+
+def _byte_compile(package: str) -> None:
+    """Write the bytecode of ``package`` where an import finds it (as pip install does)."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        compileall.compile_dir(folder, quiet=1)
 
 
 def tiny_calls_list(repeats: int, n: int) -> Scenario:

@@ -23,6 +23,7 @@ with a notice through ``wait``, as the process backend does.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import Counter, deque
@@ -521,9 +522,25 @@ def make_engine(
     return engine, backend
 
 
+#: which driver :func:`drive` uses: the blocking one, or the one on an event loop
+DRIVERS = ("blocking", "async")
+driver = "blocking"
+
+
 def drive(engine: Engine) -> list[tuple[float, Piece]]:
-    """Run ``engine`` to its end: each piece with the virtual time it was yielded."""
-    return [(engine.clock.now(), piece) for piece in engine.run()]
+    """Run ``engine`` to its end with the driver in use: each piece with the virtual
+    time it was yielded."""
+    if driver == "blocking":
+        return [(engine.clock.now(), piece) for piece in engine.run()]
+
+    async def on_a_loop() -> list[tuple[float, Piece]]:
+        run = engine.arun()
+        try:
+            return [(engine.clock.now(), piece) async for piece in run]
+        finally:
+            await run.aclose()
+
+    return asyncio.run(on_a_loop())
 
 
 def outcomes(pieces: Iterable[tuple[float, Piece]]) -> dict[int, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 from taskfan.backends._base import SINGLE, Call, describe_failure
 
+from . import scripted
 from .scripted import (
     EngineStuck,
     ScriptClock,
@@ -34,6 +36,17 @@ from .scripted import (
 )
 
 T0 = 1000.0
+
+
+@pytest.fixture(autouse=True, params=scripted.DRIVERS)
+def _driver(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs on both drivers of the engine: the same policy, the same
+    virtual instants, whether it blocks or awaits."""
+    scripted.driver = request.param
+    yield
+    scripted.driver = "blocking"
+
+
 #: a chunk time no test run reaches: no chunk is cut unless a test means it to be
 NO_CUTS = 1e6
 
@@ -223,17 +236,6 @@ def test_a_timeout_on_processes_reruns_the_items_before_it_on_the_same_attempt()
     assert counts(engine) == (3, 3, 0, 0, 0, 0, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=EngineStuck,
-    reason=(
-        "engine bug: _next_deadline wakes at `started + timeout` but _expire stops an item "
-        "only when `now - started >= timeout`; in floating point these disagree "
-        "(1000.1 + 0.3 == 1000.4, but 1000.4 - 1000.1 == 0.29999999999995453 < 0.3), so "
-        "at the deadline nothing is stopped, _wake_in returns 0 and the engine calls "
-        "wait(0) forever: a hang in virtual time, a busy spin on a real clock"
-    ),
-)
 def test_a_timeout_fires_at_start_plus_timeout_whatever_the_clock_reads() -> None:
     engine, backend = make_engine(
         table({"x": hang()}), ["x"], workers=1, timeout=0.3, errors="return",
@@ -401,15 +403,6 @@ def test_fail_fast_stops_at_the_first_final_failure_and_cancels_the_rest() -> No
     assert counts(engine) == (6, 2, 1, 0, 0, 3, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: _step settles the Dones of one wait() in a loop; when fail_fast raises "
-        "on the first, the rest of that list is dropped (_salvage's wait(0) cannot return "
-        "them again), so a task that ended ok at the same instant is counted cancelled "
-        "and its value is lost (report: 0 ok, 1 failed, 1 cancelled)"
-    ),
-)
 def test_fail_fast_keeps_a_result_that_came_back_with_the_failure() -> None:
     # Items 0 and 1 end at the same instant: 0 fails for good, 1 succeeds. Both Dones
     # come back from one wait, the failure first.

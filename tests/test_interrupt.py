@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from taskfan.backends._registry import REGISTRY
 
@@ -81,3 +82,69 @@ def test_ctrl_c_raises_keyboardinterrupt_promptly(backend: str, tmp_path: Path) 
     assert exited < 8.0  # the interpreter did not wait for stuck threads or workers
     alive = still_running(workers_before, timeout=5.0)
     assert not alive, f"workers alive after Ctrl+C: {alive}"
+
+
+COROUTINES = """
+import asyncio, json, sys, time, taskfan
+
+started = 0
+
+async def task(i):
+    global started
+    if i < 5:
+        return i
+    started += 1
+    if started == 95:
+        print("all stuck", flush=True)
+    await asyncio.sleep(1000)
+
+def report(kept):
+    print("interrupted", json.dumps({"when": time.monotonic(), "kept": kept}), flush=True)
+
+if __name__ == "__main__":
+    if MODE == "map":
+        it = taskfan.imap(task, range(100), workers=100, ordered=False, progress=False)
+        kept = []
+        try:
+            for value in it:
+                kept.append(value)
+                if len(kept) == 5:
+                    print("five kept", flush=True)
+        except KeyboardInterrupt:
+            report(sorted(kept))
+            raise
+    else:
+        kept = []
+        async def main():
+            async for value in taskfan.aimap(task, range(100), workers=100, ordered=False):
+                kept.append(value)
+                if len(kept) == 5:
+                    print("five kept", flush=True)
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            report(sorted(kept))
+            raise
+"""
+
+
+@pytest.mark.parametrize("mode", ["map", "aimap"])
+def test_ctrl_c_cancels_stuck_coroutines_at_once(mode: str, tmp_path: Path) -> None:
+    proc = run_script(COROUTINES.replace("MODE", repr(mode)), tmp_path)
+    seen: set[str] = set()
+
+    def ready(line: str) -> bool:
+        seen.update(k for k in ("all stuck", "five kept") if k in line)
+        return len(seen) == 2
+
+    read_until(proc, ready)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    lines = [line for line in out.splitlines() if line.startswith("interrupted")]
+    assert lines, f"no KeyboardInterrupt seen: stdout={out!r} stderr={err[-2000:]!r}"
+    got = json.loads(lines[0].split(" ", 1)[1])
+    assert got["when"] - sent < 1.0  # the coroutines were cancelled, not waited for
+    assert got["kept"] == [0, 1, 2, 3, 4]  # what ended is kept
+    assert "Task was destroyed but it is pending" not in err
+    assert "KeyboardInterrupt" in err

@@ -7,6 +7,8 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -369,3 +371,62 @@ def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
     finally:
         release.set()
         helper.join()
+
+
+def test_a_worker_starts_without_the_engines_imports() -> None:
+    # The fork server imports the worker module (and what rebuilds a worker's start
+    # arguments) before it forks any worker, on the clock of the first call. The
+    # engine's side (dataclasses and the code they generate), traceback and cloudpickle
+    # must wait until a worker needs them.
+    code = (
+        "import sys, multiprocessing.forkserver\n"
+        "from taskfan._start import _WORKER_MODULES\n"
+        "for name in _WORKER_MODULES: __import__(name)\n"
+        "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle',\n"
+        "         'taskfan.backends._base', 'taskfan._outcome', 'taskfan._engine')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_workers_fast_path_is_the_single_mode() -> None:
+    from taskfan.backends import _base, _worker
+
+    assert _worker._SINGLE == _base.SINGLE
+
+
+_PRELOAD_SCRIPT = """
+import sys, threading
+from multiprocessing import forkserver
+import taskfan
+
+def triple(x):
+    return 3 * x
+
+if __name__ == "__main__":
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait)  # a second thread: forkserver
+    helper.start()
+    fn = (lambda x: 3 * x) if sys.argv[1] == "lambda" else triple
+    assert taskfan.map(fn, [1, 2], backend="process", workers=2) == [3, 6]
+    release.set()
+    helper.join()
+    print(" ".join(forkserver._forkserver._preload_modules))
+"""
+
+
+@pytest.mark.parametrize("kind", ["lambda", "function"])
+def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
+    kind: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "preload.py"
+    script.write_text(_PRELOAD_SCRIPT)
+    run = [sys.executable, str(script), kind]
+    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    preloaded = out.stdout.split()
+    assert "taskfan.backends._worker" in preloaded
+    assert ("cloudpickle" in preloaded) == (kind == "lambda"), preloaded

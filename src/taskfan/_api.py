@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -259,7 +267,8 @@ class Parallelized(Generic[T]):
 
     Use it as a context manager; ``pbar`` is the progress bar (a do-nothing object when
     progress is off), for ``pbar.set_postfix(...)`` or ``pbar.write(...)``. Leaving the
-    block early cancels what has not ended.
+    block early cancels what has not ended. Inside an event loop, use ``async with`` and
+    ``async for``: coroutine functions then run on that loop.
     """
 
     def __init__(
@@ -273,6 +282,9 @@ class Parallelized(Generic[T]):
         )
         self._iterator: Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]] | None
         self._iterator = None
+        self._async_iterator: (
+            AsyncGenerator[tuple[Mapping[str, Any], T | None, BaseException | None], None] | None
+        ) = None
 
     def __enter__(self) -> Parallelized[T]:
         self._engine.open()
@@ -316,6 +328,43 @@ class Parallelized(Generic[T]):
         if self._iterator is not None:
             self._iterator.close()  # type: ignore[attr-defined]
         self._engine.close()
+
+    # --- the same, inside an event loop: ``async with`` / ``async for`` -----------------
+
+    async def __aenter__(self) -> Parallelized[T]:
+        self._engine.open()  # on the loop: coroutine functions run on it
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[tuple[Mapping[str, Any], T | None, BaseException | None]]:
+        if self._async_iterator is None:
+            self._async_iterator = self._agenerate()
+        return self._async_iterator
+
+    async def _agenerate(
+        self,
+    ) -> AsyncGenerator[tuple[Mapping[str, Any], T | None, BaseException | None], None]:
+        async for piece in self._engine.arun():
+            failures = piece.failures or {}
+            for i, kwargs in enumerate(piece.items):
+                failure = failures.get(i)
+                if failure is None:
+                    yield kwargs, piece.values[i], None
+                else:
+                    yield kwargs, None, failure.error
+
+    async def aclose(self) -> None:
+        """``close`` for ``async with``: also waits until cancelled coroutines ended."""
+        if self._async_iterator is not None:
+            await self._async_iterator.aclose()
+        await self._engine.aclose()
 
 
 def _checked_kwargs(items: Iterable[Any]) -> Iterator[Mapping[str, Any]]:

@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import sys
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -278,9 +279,13 @@ class Engine:
 
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
+        here = threading.get_ident()
 
         def notify() -> None:
-            loop.call_soon_threadsafe(woken.set)  # from any thread, the loop's own too
+            if threading.get_ident() == here:
+                woken.set()  # a coroutine of this loop ended: no need to wake the loop
+            else:
+                loop.call_soon_threadsafe(woken.set)
 
         self._feed = feed
         try:
@@ -353,7 +358,7 @@ class Engine:
         first = not self._closed
         self.close()
         if first and self._opened:
-            await self._backend.closed()
+            await self._backend.wait_closed()
 
     def _input_failed(self) -> BaseException:
         error, t = self._input_error, self.tally
@@ -583,11 +588,23 @@ class Engine:
         This and everything it calls never wait: the drivers (:meth:`run` blocking,
         :meth:`arun` on an event loop) do the waiting, each in its own way.
         """
-        for d in done:
-            if d.cut is not None:
-                self._apply_cut(d.call_id, d.cut)
-            else:
-                self._finish(d)
+        for i, d in enumerate(done):
+            try:
+                if d.cut is not None:
+                    self._apply_cut(d.call_id, d.cut)
+                else:
+                    self._finish(d)
+            except BaseException:
+                # A final failure stops the run (fail-fast): what came back with it ended
+                # too, and is kept, not counted cancelled.
+                self._fail_fast = False
+                for rest in done[i + 1 :]:
+                    with contextlib.suppress(Exception):
+                        if rest.cut is not None:
+                            self._apply_cut(rest.call_id, rest.cut)
+                        else:
+                            self._finish(rest)
+                raise
         now = self.clock.now()
         # When a retry falls due, those due within a moment after it go out with it
         # (see _batch): starting a little early is well inside the jitter of a delay.
@@ -647,7 +664,8 @@ class Engine:
         if timeout is None or not self._inflight:
             return
         for call_id, index, started in self._backend.running():
-            if now - started >= timeout and call_id in self._inflight:
+            # The same sum as _next_deadline's: a difference may round below it.
+            if now >= started + timeout and call_id in self._inflight:
                 failure = describe_failure(TaskTimeout(timeout), "", "timeout")
                 self._backend.stop(call_id, index, failure)
 

@@ -80,22 +80,35 @@ def starting(method: str) -> Iterator[None]:
 def _preload_worker() -> None:
     """Have the fork server import the worker's code once, before it forks any worker.
 
-    Otherwise every worker imports taskfan (and what it imports) again after it is
-    forked: about 0.1 s per worker, on the clock of the call that starts it. The
-    caller's own preload list is kept; this only adds to it, before the server starts.
+    Otherwise every worker imports it again after it is forked, on the clock of the call
+    that starts it. The caller's own preload list is kept; this only adds to it, before
+    the server starts.
     """
     try:
         from multiprocessing import forkserver
 
         server: Any = forkserver._forkserver
         modules = list(server._preload_modules)
-        if server._forkserver_pid is None and _WORKER_MODULE not in modules:
-            server.set_forkserver_preload([*modules, _WORKER_MODULE])
+        wanted = [*_WORKER_MODULES]
+        if "cloudpickle" in sys.modules:
+            # This process sent something by value (a lambda, a closure: see _pickling),
+            # or uses cloudpickle itself: its workers will need it too.
+            wanted.append("cloudpickle")
+        missing = [name for name in wanted if name not in modules]
+        if server._forkserver_pid is None and missing:
+            server.set_forkserver_preload([*modules, *missing])
     except (ImportError, AttributeError):  # pragma: no cover - another Python's internals
         pass
 
 
-_WORKER_MODULE = "taskfan.backends._worker"
+#: What a worker imports before it serves its first call: its own loop, and what
+#: rebuilds its start arguments (pipes handed over by the fork server, the shared slots:
+#: ctypes). Imported once in the server, these cost a worker nothing after its fork.
+_WORKER_MODULES = (
+    "taskfan.backends._worker",
+    "multiprocessing.popen_forkserver",
+    "multiprocessing.sharedctypes",
+)
 
 
 @contextmanager

@@ -164,7 +164,7 @@ class AsyncBackend(Backend):
         if loop is None or loop.is_closed():
             return
         if self._own is None:
-            # The caller's loop: cancel now; closed() awaits the cleanup.
+            # The caller's loop: cancel now; wait_closed() awaits the cleanup.
             if cancel:
                 for task in list(self._tasks.values()):
                     task.cancel()
@@ -179,7 +179,7 @@ class AsyncBackend(Backend):
             loop.close()
         self._own = None
 
-    async def closed(self) -> None:
+    async def wait_closed(self) -> None:
         if self._own is None and self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=CANCEL_GRACE)
 

@@ -422,6 +422,6 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"backend {self.name!r} cannot be awaited from an event loop")
 
-    async def closed(self) -> None:  # noqa: B027 - optional: most close at once
+    async def wait_closed(self) -> None:  # noqa: B027 - optional: most close at once
         """After :meth:`close` on an event loop: return once what it cancelled has
         ended (coroutines run their ``finally`` blocks on that loop)."""

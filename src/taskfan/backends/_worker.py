@@ -21,15 +21,21 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._errors import TaskError
 from .._pickling import dumps_by_value
-from ._base import SINGLE, Failure, call_one, cut_at, describe_failure
-from ._trace import Trace, render, summarize
+
+if TYPE_CHECKING:
+    from ._base import Failure
+    from ._trace import Trace
+
+# The fork server imports this module before it forks any worker, on the clock of the
+# first call that starts one: it imports only what a worker needs to serve calls. The
+# engine's side of the interface (``._base``: dataclasses and their generated code) and
+# ``traceback`` (``._trace``) come in when first used: in the parent, which has them
+# already, and in a worker, with the first task that is not a plain ``fn(item)`` or that
+# fails.
 
 __all__ = [
     "CALL",
@@ -64,11 +70,12 @@ SLOT_FIELDS = 4
 STATE, CALL_ID, INDEX, STARTED = range(SLOT_FIELDS)
 STARTING, READY = 0, 1
 NO_LIMIT = -1
+_SINGLE = 0  # ._base.SINGLE, fn(item): the fast path (a test checks that they agree)
 
 # An error record travels as (pickled exception or None, type name, message, traceback,
 # retry): the exception itself when it survives a pickle round trip, a description if not.
 # The traceback travels as what its text is made of (see _trace), formatted when read.
-ErrorRecord = tuple[bytes | None, str, str, Trace | str, bool]
+ErrorRecord = tuple[bytes | None, str, str, "Trace | str", bool]
 
 
 def call_header(call_id: int, limit: int | None) -> bytes:
@@ -115,6 +122,10 @@ def decode_reply(
 
 
 def unrebuildable_result(error: Exception) -> Failure:
+    import traceback
+
+    from ._base import describe_failure
+
     failure = describe_failure(
         TypeError(f"the task's result could not be rebuilt in the calling process: {error}"),
         "".join(traceback.format_exception(type(error), error, error.__traceback__)),
@@ -124,6 +135,10 @@ def unrebuildable_result(error: Exception) -> Failure:
 
 
 def _failure(record: ErrorRecord) -> Failure:
+    from .._errors import TaskError
+    from ._base import describe_failure
+    from ._trace import render
+
     blob, type_name, message, tb_text, retry = record
     error: BaseException | None = None
     if blob is not None:
@@ -144,8 +159,7 @@ def _failure(record: ErrorRecord) -> Failure:
 # --- worker side ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
+class WorkerSpec(NamedTuple):
     """What a worker process is started with (pipes travel as multiprocessing handles)."""
 
     conn: Any
@@ -198,6 +212,8 @@ def _serve_cuts(loop: _Loop, control: Any) -> None:
             call_id = int.from_bytes(control.recv_bytes(), "little", signed=True)
         except (EOFError, OSError):
             return
+        from ._base import cut_at
+
         with loop.starting:
             current = loop.current
             if current is None or current.call_id != call_id:
@@ -349,7 +365,7 @@ class _Loop:
         marks, index = self.marks, self.base + INDEX
         while True:
             try:
-                if mode == SINGLE and not flags & (TIMED | ONE_BY_ONE):
+                if mode == _SINGLE and not flags & (TIMED | ONE_BY_ONE):
                     assert fn is not None
                     append = out.append
                     for i, item in enumerate(items, len(out)):
@@ -379,6 +395,8 @@ class _Loop:
         *,
         stop: list[int],
     ) -> None:
+        from ._base import call_one
+
         append = out.append
         marks, index, started = self.marks, self.base + INDEX, self.base + STARTED
         now = time.monotonic_ns
@@ -421,6 +439,8 @@ def _rebuild(blob: bytes) -> Any:
 
 def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent."""
+    from ._trace import summarize
+
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
     while (
@@ -490,6 +510,8 @@ def _unsendable_result(error: Exception) -> ErrorRecord:
         "return plain data (numbers, strings, lists, dicts, dataclasses) or use "
         "backend='thread'"
     )
+    import traceback
+
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     wrapped = TypeError(message)
     return pickle.dumps(wrapped), "builtins.TypeError", message, text, False
