@@ -27,6 +27,7 @@ EXPECTED = {
     "WorkerCrashed",
     "Cancelled",
     "TaskTraceback",
+    "Journal",
     "__version__",
 }
 

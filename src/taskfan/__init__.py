@@ -25,6 +25,7 @@ _WHERE = {
     "TaskTraceback": "._errors",
     "TaskfanError": "._errors",
     "WorkerCrashed": "._errors",
+    "Journal": "._journal",
     "Outcome": "._outcome",
     "Report": "._outcome",
     "Results": "._outcome",
@@ -34,6 +35,7 @@ _WHERE = {
 
 __all__ = [
     "Cancelled",
+    "Journal",
     "Outcome",
     "Parallelized",
     "Report",
@@ -80,5 +82,6 @@ if _typing.TYPE_CHECKING:
         TaskTraceback,
         WorkerCrashed,
     )
+    from ._journal import Journal
     from ._outcome import Outcome, Report, Results
     from ._safe import SafeCounter, SafeDict

@@ -73,11 +73,29 @@ def _engine(
     ordered: bool,
     fail_fast: bool | None = None,
     probe: Callable[..., Any] | None = None,
+    keys: list[Hashable] | None = None,
+    function: str | None = None,
+    total: int | None = None,
 ) -> Engine:
-    job = Job(fn, mode, _checked_items(items), _length(items))
+    job = Job(fn, mode, _checked_items(items), _length(items) if total is None else total)
     if fail_fast is None:
         fail_fast = opts.errors == "raise"
-    return Engine(job, opts, plan(opts, probe or fn), ordered=ordered, fail_fast=fail_fast)
+    chosen = plan(opts, probe or fn)
+    if opts.journal is None:
+        return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
+    from ._journal import describe_function
+    from ._resume import JournaledEngine
+
+    return JournaledEngine(
+        job,
+        opts,
+        chosen,
+        ordered=ordered,
+        fail_fast=fail_fast,
+        function=function or describe_function(fn),
+        keys=keys,
+        key_fn=opts.key,
+    )
 
 
 def _extend(out: list[Any], piece: Piece, errors: str) -> None:
@@ -160,6 +178,12 @@ class ResultIterator(Iterator[Any]):
 
 
 def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
+    if piece.recorded is not None:  # resumed from the journal: as it ended back then
+        from ._journal import outcome_from_row
+
+        for i, row in enumerate(piece.recorded):
+            yield outcome_from_row(row, keys[piece.seq + i] if keys is not None else piece.seq + i)
+        return
     failures = piece.failures or {}
     for i, value in enumerate(piece.values):
         key = keys[piece.seq + i] if keys is not None else piece.seq + i
@@ -225,15 +249,28 @@ class Runner:
             self._tasks[0][0] if self._tasks else None,
         )
         self._engine = _engine(
-            None, FULL, self._tasks, self._options, ordered=False, fail_fast=False, probe=probe
+            None,
+            FULL,
+            self._tasks,
+            self._options,
+            ordered=False,
+            fail_fast=False,
+            probe=probe,
+            keys=self._keys,
+            function=_functions(f for f, _, _ in self._tasks),
         )
         try:
-            for piece in self._engine.run():
-                for outcome in _outcomes(piece, self._keys):
-                    self.results._add(outcome)
+            for outcome in self._stream():
+                self.results._add(outcome)
         finally:
             self._finish()
         return self.results
+
+    def _stream(self) -> Iterator[Outcome]:
+        """Each task's outcome as it ends (the command line writes them out one by one)."""
+        assert self._engine is not None
+        for piece in self._engine.run():
+            yield from _outcomes(piece, self._keys)
 
     def _finish(self) -> None:
         assert self._engine is not None
@@ -254,6 +291,13 @@ class Runner:
         return self._engine.report if self._engine is not None else Report()
 
 
+def _functions(fns: Iterable[Callable[..., Any]]) -> str:
+    """The functions of a Runner's tasks, each named once, as the journal records them."""
+    from ._journal import describe_function
+
+    return ", ".join(dict.fromkeys(describe_function(f) for f in fns)) or "-"
+
+
 class Parallelized(Generic[T]):
     """Iterate ``(kwargs, result, error)`` for ``fn(**kwargs)`` of every item, as tasks end.
 
@@ -267,9 +311,14 @@ class Parallelized(Generic[T]):
     ) -> None:
         _check_fn("Parallelized", fn)
         opts = make_options("Parallelized", options, exclude=("errors",))
-        job_items = _checked_kwargs(_checked_items(kwargs_items))
-        self._engine = Engine(
-            Job(fn, KWARGS, job_items, _length(kwargs_items)), opts, plan(opts, fn), ordered=False
+        self._engine = _engine(
+            fn,
+            KWARGS,
+            _checked_kwargs(_checked_items(kwargs_items)),
+            opts,
+            ordered=False,
+            fail_fast=False,
+            total=_length(kwargs_items),
         )
         self._iterator: Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]] | None
         self._iterator = None
