@@ -39,6 +39,7 @@ from itertools import repeat
 from typing import Any
 
 from ._errors import TaskError, TaskfanError, TaskTraceback
+from ._interrupts import leave_ctrl_c_to_the_main_thread
 from ._outcome import STATUSES, Outcome
 
 __all__ = [
@@ -628,7 +629,9 @@ class Recorder:
     def close(self) -> None:
         """Write everything queued, mark the run ended, stop the thread."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._write_all, name="taskfan-journal")
+            self._thread = threading.Thread(
+                target=self._write_all, name="taskfan-journal", daemon=True
+            )
             self._thread.start()  # still needed: it ends the run's row
         self._queue.put(None)
         self._thread.join()
@@ -641,6 +644,7 @@ class Recorder:
         return error
 
     def _write_all(self) -> None:
+        leave_ctrl_c_to_the_main_thread()
         try:
             conn = _connect(self.path)
         except BaseException as error:
