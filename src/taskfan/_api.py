@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -242,6 +242,10 @@ class Runner:
 
     def run(self) -> Results:
         """Run every task added; return their results by key, in the order added."""
+        return self._run()
+
+    def _run(self, each: Callable[[Outcome], object] | None = None) -> Results:
+        """:meth:`run`, calling ``each`` with every outcome as it comes (the CLI's output)."""
         if self._engine is not None:
             raise RuntimeError("this Runner has already run; a Runner is one-shot: make a new one")
         probe = next(
@@ -259,24 +263,33 @@ class Runner:
             keys=self._keys,
             function=_functions(f for f, _, _ in self._tasks),
         )
+        stream = self._stream()
         try:
-            for outcome in self._stream():
+            for outcome in stream:
                 self.results._add(outcome)
+                if each is not None:
+                    each(outcome)
         finally:
-            self._finish()
+            # Stopped in ``each`` (Ctrl+C while writing a line), the engine would stay
+            # open until its generator is collected: close it now, as its own stop does.
+            stream.close()
+            self._engine.close()
+            self._finish(each)
         return self.results
 
-    def _stream(self) -> Iterator[Outcome]:
+    def _stream(self) -> Generator[Outcome, None, None]:
         """Each task's outcome as it ends (the command line writes them out one by one)."""
         assert self._engine is not None
         for piece in self._engine.run():
             yield from _outcomes(piece, self._keys)
 
-    def _finish(self) -> None:
+    def _finish(self, each: Callable[[Outcome], object] | None = None) -> None:
         assert self._engine is not None
         for piece in self._engine.leftover():
             for outcome in _outcomes(piece, self._keys):
                 self.results._add(outcome)
+                if each is not None:
+                    each(outcome)
         ended = Results()
         for key in self._keys:
             found = self.results.outcomes.get(key)
