@@ -83,7 +83,7 @@ def _engine(
     chosen = plan(opts, probe or fn)
     if opts.journal is None:
         return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
-    from ._journal import describe_function
+    from ._records import describe_function
     from ._resume import JournaledEngine
 
     return JournaledEngine(
@@ -179,7 +179,7 @@ class ResultIterator(Iterator[Any]):
 
 def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
     if piece.recorded is not None:  # resumed from the journal: as it ended back then
-        from ._journal import outcome_from_row
+        from ._records import outcome_from_row
 
         for i, row in enumerate(piece.recorded):
             yield outcome_from_row(row, keys[piece.seq + i] if keys is not None else piece.seq + i)
@@ -306,7 +306,7 @@ class Runner:
 
 def _functions(fns: Iterable[Callable[..., Any]]) -> str:
     """The functions of a Runner's tasks, each named once, as the journal records them."""
-    from ._journal import describe_function
+    from ._records import describe_function
 
     return ", ".join(dict.fromkeys(describe_function(f) for f in fns)) or "-"
 

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from ._args import add_arguments, options_from_args
-from ._journal import Journal, JournalError, key_cell
+from ._journal import Journal, JournalError
 from ._outcome import STATUSES, Outcome
+from ._records import key_cell
 
 __all__ = ["main"]
 

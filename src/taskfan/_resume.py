@@ -20,18 +20,9 @@ from typing import Any
 
 from ._engine import Engine, Job, Piece, Span
 from ._interrupts import ctrl_c_deferred
-from ._journal import (
-    Cell,
-    Recorder,
-    Row,
-    Store,
-    decode_value,
-    error_columns,
-    error_of_row,
-    key_cell,
-    snapshot,
-)
+from ._journal import Recorder, Store
 from ._options import Options, Plan
+from ._records import Cell, Row, decode_value, error_columns, error_of_row, key_cell, snapshot
 from .backends._base import Failure
 
 __all__ = ["JournaledEngine"]
