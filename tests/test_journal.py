@@ -59,6 +59,22 @@ def test_finished_keys_come_back_without_running(opts: dict[str, Any], tmp_path:
     assert "50 resumed" in str(report)
 
 
+def test_starmap_and_parallelized_resume_too(opts: dict[str, Any], tmp_path: Path) -> None:
+    log, _, fn = setup(tmp_path)
+    journal = tmp_path / "run.db"
+    assert taskfan.starmap(fn, [(1,), (2,)], journal=journal, **opts)[1]["x"] == 2
+    again = taskfan.starmap(fn, [(1,), (2,), (3,)], journal=journal, **opts)
+    assert [v["x"] for v in again] == [1, 2, 3]
+    kwargs = [{"x": x} for x in range(4)]
+    with taskfan.Parallelized(fn, kwargs, journal=tmp_path / "p.db", **opts) as run:
+        assert sorted(r["x"] for _, r, _ in run) == [0, 1, 2, 3]
+    with taskfan.Parallelized(fn, kwargs, journal=tmp_path / "p.db", **opts) as run:
+        assert sorted(r["x"] for _, r, _ in run) == [0, 1, 2, 3]
+        assert run.report.resumed == 4
+    # starmap's second call ran only (3,); Parallelized's second run ran nothing
+    assert ran(log) == Counter({"0": 1, "1": 2, "2": 2, "3": 2})
+
+
 def test_rerun_failed_runs_only_the_failures(opts: dict[str, Any], tmp_path: Path) -> None:
     log, flag, fn = setup(tmp_path, failing=(3, 7))
     journal = tmp_path / "run.db"
