@@ -149,6 +149,12 @@ def test_input_errors_name_the_file_and_line(tmp_path: Path) -> None:
     done = cli(tmp_path, "run", "tasks:add", "-j", "0", stdin="1\n")
     assert done.returncode == 2
     assert "expected an integer >= 1" in done.stderr
+    done = cli(tmp_path, "run", "tasks:add", "--rerun", "all", stdin="1\n")
+    assert done.returncode == 2
+    assert "rerun= only means something with a journal" in done.stderr
+    done = cli(tmp_path, "run", "tasks:add", "--backend", "dask", stdin="1\n")
+    assert done.returncode == 2
+    assert "backend='dask' is not available" in done.stderr
     assert ran(tmp_path) == []
 
 

@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         write = _line_writer(out)
         try:
             results = runner._run(write)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, NotImplementedError) as error:
             if runner.report.total:
                 raise
             raise UsageError(str(error)) from None  # a bad key or option: nothing ran
