@@ -29,6 +29,8 @@ __all__ = ["JournaledEngine"]
 
 #: keys looked up in the journal at once, when they are known before items are taken
 LOOK_AHEAD = 2048
+#: most seconds the main thread waits for results without a look at pending signals
+CTRL_C_CHECK = 0.25
 
 
 class JournaledEngine(Engine):
@@ -96,6 +98,21 @@ class JournaledEngine(Engine):
         finally:
             self._store.close()
         self._warn_if_no_key_matched()
+
+    def _wake_in(self) -> float | None:
+        """Never wait for a result longer than :data:`CTRL_C_CHECK` seconds.
+
+        The writer thread runs Python code while the main thread waits. In CPython 3.11
+        a thread that takes the GIL recomputes the "something to handle" flag from its
+        own point of view, and only the main thread handles signals: a Ctrl+C that lands
+        while the main thread is between two waits can be cleared that way, and the main
+        thread then sleeps on, the run not stopped (seen about once in 60 tries). Waking
+        now and then, the main thread sees the signal within that time.
+        """
+        wake = super()._wake_in()
+        if self._inflight and (wake is None or wake > CTRL_C_CHECK):
+            return CTRL_C_CHECK
+        return wake
 
     # --- keys -------------------------------------------------------------------------------
 
