@@ -261,7 +261,7 @@ class Runner:
             fail_fast=False,
             probe=probe,
             keys=self._keys,
-            function=_functions(f for f, _, _ in self._tasks),
+            function=_functions(self._tasks) if self._options.journal is not None else None,
         )
         stream = self._stream()
         try:
@@ -304,11 +304,12 @@ class Runner:
         return self._engine.report if self._engine is not None else Report()
 
 
-def _functions(fns: Iterable[Callable[..., Any]]) -> str:
+def _functions(tasks: Iterable[tuple[Callable[..., Any], Any, Any]]) -> str:
     """The functions of a Runner's tasks, each named once, as the journal records them."""
     from ._records import describe_function
 
-    return ", ".join(dict.fromkeys(describe_function(f) for f in fns)) or "-"
+    unique = {id(fn): fn for fn, _, _ in tasks}  # by identity: a callable may not hash
+    return ", ".join(dict.fromkeys(describe_function(fn) for fn in unique.values())) or "-"
 
 
 class Parallelized(Generic[T]):
