@@ -320,16 +320,17 @@ class Store:
     def _start_run(self, existed: bool) -> None:
         conn = self._conn
         assert conn is not None
+        if existed:  # read all it needs before it writes anything: a corrupt file stays as is
+            self.recorded = conn.execute("SELECT count(*) FROM outcomes").fetchone()[0]
+            last = conn.execute(
+                "SELECT function FROM runs "
+                "WHERE id = (SELECT run FROM outcomes ORDER BY rowid DESC LIMIT 1)"
+            ).fetchone()
+            self.last_function = last[0] if last else None
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         if not existed:
             conn.executescript("BEGIN; " + _SCHEMA + " COMMIT;")
-        self.recorded = conn.execute("SELECT count(*) FROM outcomes").fetchone()[0]
-        last = conn.execute(
-            "SELECT function FROM runs WHERE id IN (SELECT run FROM outcomes) "
-            "ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        self.last_function = last[0] if last else None
         now = time.time()
         cursor = conn.execute(
             "INSERT INTO runs (function, started, updated, pid, host) VALUES (?, ?, ?, ?, ?)",
