@@ -112,6 +112,8 @@ def _two_runs() -> tuple[int, int, Counter[str], Counter[str]]:
     first = main([*COMMAND, "results-1.jsonl"])
     ran_first = _ran()
     _show_first(first)
+    print("\n$ taskfan status demo.db", flush=True)
+    main(["status", "demo.db"])
     print(f"\nmending {CORRUPT}, then the same command again: only what failed runs")
     Path(CORRUPT).write_text("row,amount\n1,12\n2,30\n3,7\n")
     print(f"$ taskfan {' '.join(COMMAND)} results-2.jsonl", flush=True)
