@@ -224,10 +224,12 @@ def test_status_of_failures_and_of_no_journal(tmp_path: Path) -> None:
         assert message in done.stderr
 
 
-def test_ctrl_c_exits_130_and_the_rerun_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_ctrl_c_exits_130_and_the_rerun_completes(tmp_path: Path, backend: str) -> None:
     (tmp_path / "tasks.py").write_text(TASKS)
     (tmp_path / "in.jsonl").write_text("".join(f"{x}\n" for x in range(8)))
     args = ["-m", "taskfan", "run", "tasks:hold", "--input", "in.jsonl", "--journal", "j.db"]
+    args += ["--backend", backend]
     proc = subprocess.Popen(
         [sys.executable, *args, "-j", "8"],
         cwd=tmp_path,
