@@ -104,6 +104,7 @@ class Piece:
     """Consecutive tasks that ended: values, and failures by offset (value None there).
 
     ``started`` (epoch) and ``duration`` (per item) come from the chunk they ran in.
+    ``recorded`` is set on tasks resumed from a journal: their rows there (``_journal``).
     """
 
     seq: int
@@ -114,6 +115,7 @@ class Piece:
     worker: str
     started: float
     duration: float
+    recorded: list[tuple[Any, ...]] | None = None
 
     @classmethod
     def of(
