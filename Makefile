@@ -21,7 +21,7 @@ $(BENCH): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/taskfan demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

@@ -8,12 +8,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import asyncio_bench, processes, scheduler, threads
+from . import asyncio_bench, journal, processes, scheduler, threads
 from ._chart import write_chart
 from ._harness import Scenario, table
 
 HERE = Path(__file__).parent
-GROUPS = ("tiny", "io", "memory", "process", "mixed", "retries", "cold", "asyncio")
+GROUPS = ("tiny", "io", "memory", "process", "mixed", "retries", "cold", "journal", "asyncio")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         scenarios += _retries_group(repeats)
     if "cold" in wanted:
         scenarios += _cold_group(repeats)
+    if "journal" in wanted:
+        scenarios += [_show(journal.rows(repeats)), _show(journal.sleep(repeats))]
     if "asyncio" in wanted:
         scenarios += _asyncio_group(repeats, args.quick)
 
@@ -82,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             f"extra thread (benchmarks/cold_program.py), the first call timed inside it, "
             f"taskfan byte-compiled as an install has it; medians of {_cold_runs(repeats)} "
             f"processes each.\n\n"
+        )
+    if "journal" in wanted:
+        header += (
+            "Journal: the same taskfan call with journal= on (a fresh file each run) and "
+            "off; the ratio is to the run without a journal.\n\n"
         )
     if "asyncio" in wanted:
         header += (

@@ -119,7 +119,7 @@ def settle(
 def format_figure(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
-    if unit == "items/s":
+    if unit in ("items/s", "rows/s"):
         return f"{value / 1e6:.2f}M/s" if value >= 1e6 else f"{value / 1e3:.0f}k/s"
     if unit == "efficiency":
         return f"{value:.0%}"

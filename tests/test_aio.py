@@ -309,3 +309,27 @@ def _wait_for(events: tuple[Any, Any]) -> bool:
     started, release = events
     started.set()
     return bool(release.wait(60))
+
+
+def test_amap_with_a_journal_reruns_only_what_failed(tmp_path: Any) -> None:
+    journal = str(tmp_path / "run.db")
+    ran: list[int] = []
+
+    async def task(x: int) -> int:
+        ran.append(x)
+        await asyncio.sleep(0)
+        if x == 3 and ran.count(3) == 1:
+            raise ValueError("once")
+        return x * 10
+
+    async def main() -> tuple[list[Any], list[Any], taskfan.Report]:
+        first = await taskfan.amap(task, range(6), journal=journal, errors="return")
+        it = taskfan.aimap(task, range(6), journal=journal)
+        second = [x async for x in it]
+        return first, second, it.report
+
+    first, second, report = run(main)
+    assert first[:3] + first[4:] == [0, 10, 20, 40, 50] and isinstance(first[3], ValueError)
+    assert second == [0, 10, 20, 30, 40, 50]
+    assert sorted(ran) == [0, 1, 2, 3, 3, 4, 5]  # only the failed one ran again
+    assert report.resumed == 5

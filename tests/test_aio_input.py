@@ -36,17 +36,6 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason=(
-        "engine bug: Engine._astep skips its await whenever _feed_has_news() (the feed "
-        "holds items) even when _dispatch could take none of them (calls in flight at "
-        "the limit, or the window full); arun then loops without ever yielding to the "
-        "event loop, so neither the running coroutines nor the feed's task progress: "
-        "a busy hang of the caller's loop"
-    ),
-)
 @pytest.mark.parametrize(("n", "workers"), [(1000, 4), (200, 100)])
 def test_an_async_generator_longer_than_the_workers_can_hold(n: int, workers: int) -> None:
     done = subprocess.run(

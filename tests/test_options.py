@@ -33,7 +33,12 @@ BAD = [
     ({"backend": "thread", "max_tasks_per_worker": 5}, ValueError, "needs backend='process'"),
     ({"address": "tcp://x:1"}, ValueError, "address= is the dask scheduler"),
     ({"wokers": 4}, TypeError, r"unknown option wokers=; did you mean workers=\?"),
-    ({"journal": "run.db"}, NotImplementedError, "journal= is not available"),
+    ({"journal": 5}, ValueError, "journal must be a file path"),
+    ({"journal": "  "}, ValueError, "journal must be a file path"),
+    ({"journal": "j.db", "rerun": "some"}, ValueError, "rerun must be one of 'failed', 'missing'"),
+    ({"journal": "j.db", "key": "id"}, ValueError, "key must be a function of an item"),
+    ({"rerun": "all"}, ValueError, "rerun= only means something with a journal"),
+    ({"key": len}, ValueError, "key= only means something with a journal"),
     ({"backend": "dask"}, NotImplementedError, "backend='dask' is not available"),
 ]
 
@@ -106,18 +111,6 @@ def test_rate_units(rate: str, per_second: float) -> None:
     from taskfan._options import parse_rate
 
     assert parse_rate(rate) == pytest.approx(per_second)
-
-
-@pytest.mark.parametrize(
-    "given",
-    [{"key": len}, {"rerun": "all"}, {"rerun": "failed"}, {"journal": "run.db"}],
-    ids=["key", "rerun-all", "rerun-failed", "journal"],
-)
-def test_options_of_the_journal_are_refused_until_it_exists(given: dict[str, Any]) -> None:
-    ran: list[int] = []
-    with pytest.raises(NotImplementedError, match="not available in this version"):
-        taskfan.map(ran.append, [1, 2], **given)
-    assert ran == []
 
 
 @pytest.mark.parametrize("ordered", ["yes", 1, None])

@@ -30,6 +30,7 @@ EXPECTED = {
     "WorkerCrashed",
     "Cancelled",
     "TaskTraceback",
+    "Journal",
     "__version__",
 }
 

@@ -28,6 +28,7 @@ _WHERE = {
     "TaskTraceback": "._errors",
     "TaskfanError": "._errors",
     "WorkerCrashed": "._errors",
+    "Journal": "._journal",
     "Outcome": "._outcome",
     "Report": "._outcome",
     "Results": "._outcome",
@@ -38,6 +39,7 @@ _WHERE = {
 __all__ = [
     "AsyncResultIterator",
     "Cancelled",
+    "Journal",
     "Outcome",
     "Parallelized",
     "Report",
@@ -87,5 +89,6 @@ if _typing.TYPE_CHECKING:
         TaskTraceback,
         WorkerCrashed,
     )
+    from ._journal import Journal
     from ._outcome import Outcome, Report, Results
     from ._safe import SafeCounter, SafeDict

@@ -78,7 +78,22 @@ def _engine(
                 "event loop meanwhile; use backend='thread' (or leave backend='auto')"
             )
         chosen = type(chosen)("thread", chosen.workers)  # one worker thread, not inline
-    engine = Engine(job, opts, chosen, ordered=ordered, fail_fast=opts.errors == "raise")
+    fail_fast = opts.errors == "raise"
+    if opts.journal is None:
+        return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast), feed
+    from ._records import describe_function
+    from ._resume import JournaledEngine
+
+    engine = JournaledEngine(
+        job,
+        opts,
+        chosen,
+        ordered=ordered,
+        fail_fast=fail_fast,
+        function=describe_function(fn),
+        keys=None,
+        key_fn=opts.key,
+    )
     return engine, feed
 
 

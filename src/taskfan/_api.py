@@ -6,6 +6,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
+    Generator,
     Hashable,
     Iterable,
     Iterator,
@@ -81,11 +82,29 @@ def _engine(
     ordered: bool,
     fail_fast: bool | None = None,
     probe: Callable[..., Any] | None = None,
+    keys: list[Hashable] | None = None,
+    function: str | None = None,
+    total: int | None = None,
 ) -> Engine:
-    job = Job(fn, mode, _checked_items(items), _length(items))
+    job = Job(fn, mode, _checked_items(items), _length(items) if total is None else total)
     if fail_fast is None:
         fail_fast = opts.errors == "raise"
-    return Engine(job, opts, plan(opts, probe or fn), ordered=ordered, fail_fast=fail_fast)
+    chosen = plan(opts, probe or fn)
+    if opts.journal is None:
+        return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
+    from ._records import describe_function
+    from ._resume import JournaledEngine
+
+    return JournaledEngine(
+        job,
+        opts,
+        chosen,
+        ordered=ordered,
+        fail_fast=fail_fast,
+        function=function or describe_function(fn),
+        keys=keys,
+        key_fn=opts.key,
+    )
 
 
 def _extend(out: list[Any], piece: Piece, errors: str) -> None:
@@ -168,6 +187,12 @@ class ResultIterator(Iterator[Any]):
 
 
 def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
+    if piece.recorded is not None:  # resumed from the journal: as it ended back then
+        from ._records import outcome_from_row
+
+        for i, row in enumerate(piece.recorded):
+            yield outcome_from_row(row, keys[piece.seq + i] if keys is not None else piece.seq + i)
+        return
     failures = piece.failures or {}
     for i, value in enumerate(piece.values):
         key = keys[piece.seq + i] if keys is not None else piece.seq + i
@@ -226,6 +251,10 @@ class Runner:
 
     def run(self) -> Results:
         """Run every task added; return their results by key, in the order added."""
+        return self._run()
+
+    def _run(self, each: Callable[[Outcome], object] | None = None) -> Results:
+        """:meth:`run`, calling ``each`` with every outcome as it comes (the CLI's output)."""
         if self._engine is not None:
             raise RuntimeError("this Runner has already run; a Runner is one-shot: make a new one")
         probe = next(
@@ -233,21 +262,43 @@ class Runner:
             self._tasks[0][0] if self._tasks else None,
         )
         self._engine = _engine(
-            None, FULL, self._tasks, self._options, ordered=False, fail_fast=False, probe=probe
+            None,
+            FULL,
+            self._tasks,
+            self._options,
+            ordered=False,
+            fail_fast=False,
+            probe=probe,
+            keys=self._keys,
+            function=_functions(self._tasks) if self._options.journal is not None else None,
         )
+        stream = self._stream()
         try:
-            for piece in self._engine.run():
-                for outcome in _outcomes(piece, self._keys):
-                    self.results._add(outcome)
+            for outcome in stream:
+                self.results._add(outcome)
+                if each is not None:
+                    each(outcome)
         finally:
-            self._finish()
+            # Stopped in ``each`` (Ctrl+C while writing a line), the engine would stay
+            # open until its generator is collected: close it now, as its own stop does.
+            stream.close()
+            self._engine.close()
+            self._finish(each)
         return self.results
 
-    def _finish(self) -> None:
+    def _stream(self) -> Generator[Outcome, None, None]:
+        """Each task's outcome as it ends (the command line writes them out one by one)."""
+        assert self._engine is not None
+        for piece in self._engine.run():
+            yield from _outcomes(piece, self._keys)
+
+    def _finish(self, each: Callable[[Outcome], object] | None = None) -> None:
         assert self._engine is not None
         for piece in self._engine.leftover():
             for outcome in _outcomes(piece, self._keys):
                 self.results._add(outcome)
+                if each is not None:
+                    each(outcome)
         ended = Results()
         for key in self._keys:
             found = self.results.outcomes.get(key)
@@ -260,6 +311,14 @@ class Runner:
     def report(self) -> Report:
         """Counts of the run (all zero before ``run``)."""
         return self._engine.report if self._engine is not None else Report()
+
+
+def _functions(tasks: Iterable[tuple[Callable[..., Any], Any, Any]]) -> str:
+    """The functions of a Runner's tasks, each named once, as the journal records them."""
+    from ._records import describe_function
+
+    unique = {id(fn): fn for fn, _, _ in tasks}  # by identity: a callable may not hash
+    return ", ".join(dict.fromkeys(describe_function(fn) for fn in unique.values())) or "-"
 
 
 class Parallelized(Generic[T]):
@@ -276,9 +335,14 @@ class Parallelized(Generic[T]):
     ) -> None:
         _check_fn("Parallelized", fn)
         opts = make_options("Parallelized", options, exclude=("errors",))
-        job_items = _checked_kwargs(_checked_items(kwargs_items))
-        self._engine = Engine(
-            Job(fn, KWARGS, job_items, _length(kwargs_items)), opts, plan(opts, fn), ordered=False
+        self._engine = _engine(
+            fn,
+            KWARGS,
+            _checked_kwargs(_checked_items(kwargs_items)),
+            opts,
+            ordered=False,
+            fail_fast=False,
+            total=_length(kwargs_items),
         )
         self._iterator: Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]] | None
         self._iterator = None

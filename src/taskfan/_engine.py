@@ -104,6 +104,7 @@ class Piece:
     """Consecutive tasks that ended: values, and failures by offset (value None there).
 
     ``started`` (epoch) and ``duration`` (per item) come from the chunk they ran in.
+    ``recorded`` is set on tasks resumed from a journal: their rows there (``_journal``).
     """
 
     seq: int
@@ -114,6 +115,7 @@ class Piece:
     worker: str
     started: float
     duration: float
+    recorded: list[tuple[Any, ...]] | None = None
 
     @classmethod
     def of(
@@ -333,18 +335,15 @@ class Engine:
             if self._inflight:
                 backend.wake_me(notify)
             try:
-                if not self._feed_has_news():
-                    await _until(woken, timeout)
+                # Input that arrives, a call that ends, or a timer: each sets ``woken``.
+                # (What the feed holds now, _dispatch could not take: no reason not to wait.)
+                await _until(woken, timeout)
             finally:
                 if self._inflight:
                     backend.wake_me(None)
             if self._inflight:
                 done = backend.wait(0)
         self._react(done)
-
-    def _feed_has_news(self) -> bool:
-        feed = self._feed
-        return feed is not None and not self._exhausted and (bool(feed.items) or feed.ended)
 
     def _input_room(self) -> int:
         """Items the engine would take from its input now."""

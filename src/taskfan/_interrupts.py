@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["ctrl_c_deferred"]
+__all__ = ["ctrl_c_deferred", "leave_ctrl_c_to_the_main_thread"]
 
 
 @contextmanager
@@ -41,3 +41,16 @@ def ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if noted and not isinstance(sys.exception(), KeyboardInterrupt):
             previous(signal.SIGINT, noted[0])  # the default handler raises it now
+
+
+def leave_ctrl_c_to_the_main_thread() -> None:
+    """Block SIGINT in the calling thread (one that taskfan started).
+
+    The OS may deliver a Ctrl+C to any thread that does not block it, for instance while
+    the main thread blocks signals for an instant as it starts a thread. CPython runs the
+    handler in the main thread only, and a main thread asleep waiting for results is not
+    woken by a signal that another thread took: the run would not stop. Blocked in every
+    thread of ours, the signal waits for the main thread instead.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

@@ -79,6 +79,12 @@ def make_options(where: str, given: Mapping[str, Any], *, exclude: tuple[str, ..
         values[name] = check(value)
     options = Options(**values)
     _check_combination(options)
+    for name in ("rerun", "key"):
+        if name in values and options.journal is None:
+            raise ValueError(
+                f"{name}= only means something with a journal: pass journal='run.db' too "
+                f"(or leave {name}= out)"
+            )
     return options
 
 
@@ -248,24 +254,19 @@ def _check_journal(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str | os.PathLike):
-        raise NotImplementedError(
-            "journal= is not available in this version of taskfan yet; "
-            "run without it (results are still returned)"
+        path = os.fspath(value)
+        if isinstance(path, str) and path.strip():
+            return path
+    raise ValueError(f"journal must be a file path (a str or a Path) or None, got {value!r}")
+
+
+def _check_key_fn(value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise ValueError(
+            f"key must be a function of an item giving its key (like key=lambda row: row['id']) "
+            f"or None, got {value!r}"
         )
-    raise ValueError(f"journal must be a file path or None, got {value!r}")
-
-
-def _journal_only(name: str, default: Any) -> Callable[[Any], Any]:
-    # Options that only mean something with a journal: refused rather than ignored.
-    def check(value: Any) -> Any:
-        if value is None:
-            return default
-        raise NotImplementedError(
-            f"{name}= works with journal=, which is not available in this version of "
-            f"taskfan yet; leave {name}= out"
-        )
-
-    return check
+    return value
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -295,8 +296,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "initargs": _check_initargs,
     "max_tasks_per_worker": _int_at_least("max_tasks_per_worker", 1, optional=True),
     "journal": _check_journal,
-    "rerun": _journal_only("rerun", "failed"),
-    "key": _journal_only("key", None),
+    "rerun": _choice("rerun", ("failed", "missing", "all")),
+    "key": _check_key_fn,
     "address": lambda value: value,
 }
 

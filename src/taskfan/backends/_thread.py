@@ -20,6 +20,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .._clock import Clock
+from .._interrupts import leave_ctrl_c_to_the_main_thread
 from ._base import (
     Backend,
     Call,
@@ -257,6 +258,7 @@ class ThreadBackend(Backend):
                 self._starter.start()
 
     def _start_threads(self) -> None:
+        leave_ctrl_c_to_the_main_thread()  # and the threads it starts inherit that
         while True:
             with self._starting_lock:
                 if not self._to_start or self._closing:
@@ -266,6 +268,7 @@ class ThreadBackend(Backend):
             thread.start()
 
     def _work(self, slot: _Slot) -> None:
+        leave_ctrl_c_to_the_main_thread()
         broken = self._initialize()
         inbox = self._inbox
         while True:
