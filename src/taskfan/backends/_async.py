@@ -21,6 +21,7 @@ import contextlib
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from queue import Empty, SimpleQueue
@@ -54,7 +55,10 @@ class AsyncBackend(Backend):
     name = "async"
     chunk_seconds = 0.002
     seconds_per_worker = 0.00002  # a task switch costs microseconds, not a message
-    calls_per_worker = 1  # one call is one coroutine at a time: workers bounds them
+    # The engine keeps a call queued per running one; the backend starts it the moment
+    # a coroutine ends (as a semaphore would), without a round trip through the engine.
+    # At most ``workers`` calls run: that bounds the coroutines running at once.
+    calls_per_worker = 2
 
     def __init__(self, workers: int, clock: Clock) -> None:
         super().__init__(workers, clock)
@@ -62,6 +66,8 @@ class AsyncBackend(Backend):
         self._own: threading.Thread | None = None  # the thread of a loop of our own
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._runs: dict[int, _Run] = {}
+        self._waiting: deque[Call] = deque()  # submitted, to start when a call ends
+        self._closing = False
         self._lock = threading.Lock()  # makes "next item" and "stop this item" exclusive
         self._current: dict[int, tuple[int, float]] = {}  # timed call -> (item, started)
         self._stopped: dict[int, tuple[int, Failure]] = {}
@@ -166,6 +172,8 @@ class AsyncBackend(Backend):
         if self._own is None:
             # The caller's loop: cancel now; wait_closed() awaits the cleanup.
             if cancel:
+                self._closing = True
+                self._waiting.clear()
                 for task in list(self._tasks.values()):
                     task.cancel()
             self._drop_threads(cancel)
@@ -191,6 +199,9 @@ class AsyncBackend(Backend):
             self._loop.call_soon_threadsafe(fn)
 
     async def _shut(self, cancel: bool) -> None:
+        if cancel:
+            self._closing = True
+            self._waiting.clear()
         tasks = list(self._tasks.values())
         if cancel:
             for task in tasks:
@@ -210,12 +221,17 @@ class AsyncBackend(Backend):
     # --- loop side ----------------------------------------------------------------------
 
     def _begin(self, call: Call) -> None:
+        if len(self._tasks) >= self.workers:
+            self._waiting.append(call)
+            return
         assert self._loop is not None
         task = self._loop.create_task(self._run(call))
         self._tasks[call.id] = task
 
     def _post(self, done: Done) -> None:
         self._tasks.pop(done.call_id, None)
+        if self._waiting and not self._closing:
+            self._begin(self._waiting.popleft())
         self._outbox.put(done)
         notify = self._notify
         if notify is not None:
