@@ -67,6 +67,8 @@ class AsyncBackend(Backend):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._runs: dict[int, _Run] = {}
         self._waiting: deque[Call] = deque()  # submitted, to start when a call ends
+        self._last_fn: Any = None
+        self._last_async = False
         self._closing = False
         self._lock = threading.Lock()  # makes "next item" and "stop this item" exclusive
         self._current: dict[int, tuple[int, float]] = {}  # timed call -> (item, started)
@@ -242,8 +244,8 @@ class AsyncBackend(Backend):
         self._runs[call.id] = run
         out, errors = run.out, run.errors
         stopped: tuple[int, Failure] | None = None
-        broken = await self._initialize()
-        plain = call.mode != FULL and not is_async_callable(call.fn)
+        broken = self._broken if self._initialized else await self._initialize()
+        plain = call.mode != FULL and not self._is_async(call.fn)
         lock = self._lock
         try:
             for index, item in enumerate(call.items):
@@ -280,9 +282,16 @@ class AsyncBackend(Backend):
         elapsed = time.perf_counter() - run.t0
         self._post(Done(call.id, out, errors or None, stopped, "async", run.started, elapsed))
 
+    def _is_async(self, fn: Any) -> bool:
+        # Asked for every call: the answer for the run's function is kept.
+        if fn is self._last_fn:
+            return self._last_async
+        self._last_fn, self._last_async = fn, is_async_callable(fn)
+        return self._last_async
+
     async def _invoke(self, call: Call, item: Any, plain: bool, run: _Run) -> Any:
         if call.mode == FULL:
-            plain = not is_async_callable(item[0])
+            plain = not self._is_async(item[0])
         if not plain:
             coroutine = call_one(call.mode, call.fn, item)
             run.awaiting = coroutine
