@@ -151,3 +151,13 @@ def table(scenarios: list[Scenario]) -> str:
         cells.append(f"{ratio:.2f}x {best}" if ratio is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: for the scripts that measure memory in a fresh process: ``status("VmRSS:")`` in MB
+RSS_STATUS = """
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024  # kB -> MB
+"""

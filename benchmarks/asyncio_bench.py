@@ -25,7 +25,7 @@ from typing import Any
 
 import taskfan
 
-from ._harness import Runner, Scenario, median_times
+from ._harness import RSS_STATUS, Runner, Scenario, median_times
 
 GATHER = "gather+Semaphore"
 TASKGROUP = "TaskGroup+Semaphore"
@@ -172,12 +172,7 @@ def _not_installed(contenders: dict[str, Runner | None]) -> dict[str, str]:
 _MEMORY_PROBE = """
 import asyncio, sys, time
 
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024  # kB -> MB
-
+{rss_status}
 async def inc(x):
     return x + 1
 
@@ -259,7 +254,7 @@ def memory(n: int = 1_000_000, skip: tuple[str, ...] = ()) -> Scenario:
         if name in skip:
             notes[name] = "skipped"
             continue
-        code = _MEMORY_PROBE.format(setup=setup)
+        code = _MEMORY_PROBE.format(rss_status=RSS_STATUS, setup=setup)
         try:
             out = subprocess.run(
                 [sys.executable, "-c", code, name, str(n)],

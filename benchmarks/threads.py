@@ -12,7 +12,7 @@ from typing import Any
 
 import taskfan
 
-from ._harness import Runner, Scenario, median_times
+from ._harness import RSS_STATUS, Runner, Scenario, median_times
 
 
 def square(x: int) -> int:
@@ -110,12 +110,7 @@ def sleeping_io(repeats: int, n: int = 2000, workers: int = 100) -> Scenario:
 _MEMORY_PROBE = """
 import sys, time
 
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024  # kB -> MB
-
+{rss_status}
 def inc(x):
     return x + 1
 
@@ -158,6 +153,7 @@ def memory(n: int = 2_000_000, skip: tuple[str, ...] = ()) -> Scenario:
             figures[name], notes[name] = None, "skipped"
             continue
         code = _MEMORY_PROBE.format(
+            rss_status=RSS_STATUS,
             setup=setup,
             iterate=iterate.format(src="gen"),
             iterate_warm=iterate.format(src="range(1000)"),

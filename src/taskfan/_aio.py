@@ -12,9 +12,10 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from types import TracebackType
 from typing import Any
 
-from ._api import _check_fn, _checked_items, _extend, _length
-from ._engine import Engine, Feed, Job, Piece, TaskRaisedStopIteration
-from ._options import check_flag, make_options, plan
+from ._api import _check_fn, _extend
+from ._api import _engine as _make_engine
+from ._engine import Engine, Feed, Piece, TaskRaisedStopIteration
+from ._options import Options, Plan, check_flag, make_options, plan
 from ._outcome import Report
 from .backends._base import SINGLE
 
@@ -60,16 +61,10 @@ def _engine(
     where: str,
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],
-    opts: Any,
+    opts: Options,
     *,
     ordered: bool,
 ) -> tuple[Engine, Feed | None]:
-    feed: Feed | None = None
-    if isinstance(items, AsyncIterable):
-        feed = Feed(items)
-        job = Job(fn, SINGLE, iter(()), None)
-    else:
-        job = Job(fn, SINGLE, _checked_items(items), _length(items))
     chosen = plan(opts, fn)
     if chosen.backend == "serial":
         if opts.backend == "serial":
@@ -77,24 +72,12 @@ def _engine(
                 f"{where}() with backend='serial' would run each task inline and block the "
                 "event loop meanwhile; use backend='thread' (or leave backend='auto')"
             )
-        chosen = type(chosen)("thread", chosen.workers)  # one worker thread, not inline
-    fail_fast = opts.errors == "raise"
-    if opts.journal is None:
-        return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast), feed
-    from ._records import describe_function
-    from ._resume import JournaledEngine
-
-    engine = JournaledEngine(
-        job,
-        opts,
-        chosen,
-        ordered=ordered,
-        fail_fast=fail_fast,
-        function=describe_function(fn),
-        keys=None,
-        key_fn=opts.key,
-    )
-    return engine, feed
+        chosen = Plan("thread", chosen.workers)  # one worker thread, not inline
+    if isinstance(items, AsyncIterable):
+        # The engine takes nothing from ``items`` itself: the feed brings what arrives.
+        engine = _make_engine(fn, SINGLE, iter(()), opts, ordered=ordered, chosen=chosen)
+        return engine, Feed(items)
+    return _make_engine(fn, SINGLE, items, opts, ordered=ordered, chosen=chosen), None
 
 
 class AsyncResultIterator(AsyncIterator[Any]):

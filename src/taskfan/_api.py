@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._engine import Engine, Job, Piece, TaskRaisedStopIteration
-from ._options import Options, check_flag, is_async_callable, make_options, plan
+from ._options import Options, Plan, check_flag, is_async_callable, make_options, plan
 from ._outcome import Outcome, Report, Results
 from .backends._base import FULL, KWARGS, SINGLE, STAR
 
@@ -85,11 +85,13 @@ def _engine(
     keys: list[Hashable] | None = None,
     function: str | None = None,
     total: int | None = None,
+    chosen: Plan | None = None,
 ) -> Engine:
     job = Job(fn, mode, _checked_items(items), _length(items) if total is None else total)
     if fail_fast is None:
         fail_fast = opts.errors == "raise"
-    chosen = plan(opts, probe or fn)
+    if chosen is None:
+        chosen = plan(opts, probe or fn)
     if opts.journal is None:
         return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
     from ._records import describe_function
@@ -379,13 +381,7 @@ class Parallelized(Generic[T]):
 
     def _generate(self) -> Iterator[tuple[Mapping[str, Any], T | None, BaseException | None]]:
         for piece in self._engine.run():
-            failures = piece.failures or {}
-            for i, kwargs in enumerate(piece.items):
-                failure = failures.get(i)
-                if failure is None:
-                    yield kwargs, piece.values[i], None
-                else:
-                    yield kwargs, None, failure.error
+            yield from _triples(piece)
 
     def close(self) -> None:
         """Cancel what has not ended and release the workers."""
@@ -416,19 +412,25 @@ class Parallelized(Generic[T]):
         self,
     ) -> AsyncGenerator[tuple[Mapping[str, Any], T | None, BaseException | None], None]:
         async for piece in self._engine.arun():
-            failures = piece.failures or {}
-            for i, kwargs in enumerate(piece.items):
-                failure = failures.get(i)
-                if failure is None:
-                    yield kwargs, piece.values[i], None
-                else:
-                    yield kwargs, None, failure.error
+            for triple in _triples(piece):
+                yield triple
 
     async def aclose(self) -> None:
         """``close`` for ``async with``: also waits until cancelled coroutines ended."""
         if self._async_iterator is not None:
             await self._async_iterator.aclose()
         await self._engine.aclose()
+
+
+def _triples(piece: Piece) -> Iterator[tuple[Mapping[str, Any], Any, BaseException | None]]:
+    """``(kwargs, result, error)`` of each task of ``piece``, as Parallelized yields them."""
+    failures = piece.failures or {}
+    for i, kwargs in enumerate(piece.items):
+        failure = failures.get(i)
+        if failure is None:
+            yield kwargs, piece.values[i], None
+        else:
+            yield kwargs, None, failure.error
 
 
 def _checked_kwargs(items: Iterable[Any]) -> Iterator[Mapping[str, Any]]:

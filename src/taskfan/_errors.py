@@ -132,3 +132,18 @@ def _signal_name(number: int) -> str:
         return f"{signal.Signals(number).name} ({number})"
     except ValueError:
         return str(number)
+
+
+def rebuild_error(blob: bytes | None, type_name: str, message: str) -> BaseException:
+    """An exception sent from another process (or stored): itself when its pickle
+    rebuilds, else a :class:`TaskError` that keeps its type's name and message."""
+    import pickle
+
+    if blob is not None:
+        try:
+            error = pickle.loads(blob)
+        except Exception:
+            error = None
+        if isinstance(error, BaseException):
+            return error
+    return TaskError(type_name, message)

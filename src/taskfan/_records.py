@@ -15,7 +15,7 @@ import pickle
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from ._errors import TaskError, TaskTraceback
+from ._errors import TaskTraceback, rebuild_error
 from ._outcome import Outcome
 
 __all__ = [
@@ -211,14 +211,7 @@ def _message(error: BaseException) -> str:
 
 
 def decode_error(type_name: str, text: str, blob: bytes | None, tb: str) -> BaseException:
-    error: BaseException | None = None
-    if blob is not None:
-        try:
-            error = pickle.loads(blob)
-        except Exception:
-            error = None
-    if not isinstance(error, BaseException):
-        error = TaskError(type_name, text)
+    error = rebuild_error(blob, type_name, text)
     error.__cause__ = TaskTraceback(tb)
     return error
 

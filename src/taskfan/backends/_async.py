@@ -36,6 +36,7 @@ from ._base import (
     Cut,
     Done,
     Failure,
+    Outbox,
     Setup,
     call_one,
     capture,
@@ -73,8 +74,7 @@ class AsyncBackend(Backend):
         self._lock = threading.Lock()  # makes "next item" and "stop this item" exclusive
         self._current: dict[int, tuple[int, float]] = {}  # timed call -> (item, started)
         self._stopped: dict[int, tuple[int, Failure]] = {}
-        self._outbox: SimpleQueue[Done] = SimpleQueue()
-        self._notify: Callable[[], None] | None = None
+        self._outbox = Outbox()
         self._threads: _DaemonThreads | None = None
         self._setup = Setup()
         self._broken: Failure | None = None
@@ -107,24 +107,10 @@ class AsyncBackend(Backend):
             self._loop.call_soon_threadsafe(self._begin, call)
 
     def wait(self, timeout: float | None) -> list[Done]:
-        try:
-            if timeout is not None and timeout <= 0:
-                first = self._outbox.get_nowait()
-            else:
-                first = self._outbox.get(timeout=timeout)
-        except Empty:
-            return []
-        done = [first]
-        while True:
-            try:
-                done.append(self._outbox.get_nowait())
-            except Empty:
-                return done
+        return self._outbox.take(timeout)
 
     def wake_me(self, notify: Callable[[], None] | None) -> None:
-        self._notify = notify
-        if notify is not None and not self._outbox.empty():
-            notify()
+        self._outbox.wake_me(notify)
 
     def running(self) -> list[tuple[int, int, float]]:
         with self._lock:
@@ -235,9 +221,6 @@ class AsyncBackend(Backend):
         if self._waiting and not self._closing:
             self._begin(self._waiting.popleft())
         self._outbox.put(done)
-        notify = self._notify
-        if notify is not None:
-            notify()
 
     async def _run(self, call: Call) -> None:
         run = _Run(call, self.clock.now())

@@ -15,6 +15,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 from typing import Any, ClassVar
 
 from .._clock import Clock
@@ -32,6 +33,7 @@ __all__ = [
     "Done",
     "Failure",
     "Mark",
+    "Outbox",
     "Setup",
     "cut_at",
     "describe_failure",
@@ -174,6 +176,11 @@ def where_stuck(thread_id: int | None, failure: Failure) -> None:
         for f in traceback.extract_stack(frame)
         if not f.filename.startswith(ours) and f.filename != threading.__file__
     ]
+    _where(failure, frames)
+
+
+def _where(failure: Failure, frames: list[traceback.FrameSummary]) -> None:
+    """Give a timed-out ``failure`` the frames where its task was as its traceback."""
     text = (
         "Where the task was when its timeout passed (most recent call last):\n"
         + "".join(traceback.format_list(frames))
@@ -195,13 +202,7 @@ def where_awaiting(coroutine: Any, failure: Failure) -> None:
             traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
         )
         current = getattr(current, "cr_await", None) or getattr(current, "gi_yieldfrom", None)
-    text = (
-        "Where the task was when its timeout passed (most recent call last):\n"
-        + "".join(traceback.format_list(frames))
-        + "".join(traceback.format_exception_only(type(failure.error), failure.error))
-    )
-    failure.traceback = text
-    failure.error.__cause__ = TaskTraceback(text)
+    _where(failure, frames)
 
 
 def capture(error: BaseException) -> Failure:
@@ -335,6 +336,47 @@ def call_one(mode: int, fn: Callable[..., Any] | None, item: Any) -> Any:
         return fn(**item)  # type: ignore[misc]
     f, args, kwargs = item
     return f(*args, **kwargs)
+
+
+class Outbox:
+    """Where worker threads (or tasks on a loop) leave what ended, for the engine to take.
+
+    ``take`` blocks up to a timeout for the first and returns all that is there; a
+    driver on an event loop asks :meth:`wake_me` to be told when something arrives.
+    """
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Done] = SimpleQueue()
+        self._notify: Callable[[], None] | None = None
+
+    def put(self, done: Done) -> None:
+        self._queue.put(done)
+        notify = self._notify
+        if notify is not None:
+            notify()
+
+    def take(self, timeout: float | None) -> list[Done]:
+        queue = self._queue
+        try:
+            first = (
+                queue.get_nowait()
+                if timeout is not None and timeout <= 0
+                else queue.get(timeout=timeout)
+            )
+        except Empty:
+            return []
+        done = [first]
+        while True:
+            try:
+                done.append(queue.get_nowait())
+            except Empty:
+                return done
+
+    def wake_me(self, notify: Callable[[], None] | None) -> None:
+        """See :meth:`Backend.wake_me`."""
+        self._notify = notify
+        if notify is not None and not self._queue.empty():
+            notify()  # it came before the driver asked
 
 
 class Backend(ABC):

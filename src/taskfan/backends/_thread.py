@@ -27,6 +27,7 @@ from ._base import (
     Cut,
     Done,
     Failure,
+    Outbox,
     Setup,
     capture,
     cut_at,
@@ -99,7 +100,7 @@ class ThreadBackend(Backend):
     def __init__(self, workers: int, clock: Clock) -> None:
         super().__init__(workers, clock)
         self._inbox: SimpleQueue[Call | None] = SimpleQueue()
-        self._outbox: SimpleQueue[Done] = SimpleQueue()
+        self._outbox = Outbox()
         self._slots: list[_Slot] = []  # one per thread started; abandoned ones leave it
         self._stops_sent = 0  # stop messages queued: each ends one thread of _slots
         self._to_start: deque[threading.Thread] = deque()
@@ -110,7 +111,6 @@ class ThreadBackend(Backend):
         self._numbers = itertools.count(1)
         self._initializer: Callable[..., object] | None = None
         self._initargs: tuple[Any, ...] = ()
-        self._notify: Callable[[], None] | None = None
 
     def start(self, setup: Setup) -> None:
         self._initializer, self._initargs = setup.initializer, setup.initargs
@@ -135,32 +135,12 @@ class ThreadBackend(Backend):
         self._send_stops(max(0, self._live() - self._outstanding))
 
     def wait(self, timeout: float | None) -> list[Done]:
-        try:
-            if timeout is not None and timeout <= 0:
-                first = self._outbox.get_nowait()
-            else:
-                first = self._outbox.get(timeout=timeout)
-        except Empty:
-            return []
-        done = [first]
-        while True:
-            try:
-                done.append(self._outbox.get_nowait())
-            except Empty:
-                break
+        done = self._outbox.take(timeout)
         self._outstanding -= len(done)
         return done
 
-    def _post(self, done: Done) -> None:
-        self._outbox.put(done)
-        notify = self._notify
-        if notify is not None:
-            notify()
-
     def wake_me(self, notify: Callable[[], None] | None) -> None:
-        self._notify = notify
-        if notify is not None and not self._outbox.empty():
-            notify()  # it came before the driver asked
+        self._outbox.wake_me(notify)
 
     def started_calls(self) -> list[tuple[int, float]]:
         found = []
@@ -205,7 +185,7 @@ class ThreadBackend(Backend):
             done = self._abandon(slot, call_id, index, failure)
             if done is not None:
                 self._slots.remove(slot)
-                self._post(done)
+                self._outbox.put(done)
                 if self._live() < min(self.workers, self._outstanding):
                     self._spawn()
                 return True
@@ -283,7 +263,7 @@ class ThreadBackend(Backend):
                 done = self._run_untimed(call, slot)
             if done is None or self._closing:
                 return  # abandoned by a timeout, or the run was cancelled
-            self._post(done)
+            self._outbox.put(done)
 
     def _initialize(self) -> Failure | None:
         if self._initializer is None:

@@ -135,19 +135,12 @@ def unrebuildable_result(error: Exception) -> Failure:
 
 
 def _failure(record: ErrorRecord) -> Failure:
-    from .._errors import TaskError
+    from .._errors import rebuild_error
     from ._base import describe_failure
     from ._trace import render
 
     blob, type_name, message, tb_text, retry = record
-    error: BaseException | None = None
-    if blob is not None:
-        try:
-            error = pickle.loads(blob)
-        except Exception:
-            error = None
-    if not isinstance(error, BaseException):
-        error = TaskError(type_name, message)
+    error = rebuild_error(blob, type_name, message)
     if isinstance(tb_text, str):
         failure = describe_failure(error, tb_text)
     else:
