@@ -256,6 +256,9 @@ def test_ctrl_c_exits_130_and_the_rerun_completes(tmp_path: Path, backend: str) 
     while _recorded(tmp_path / "j.db") < 5:  # the writer thread runs: Ctrl+C finds it there
         assert time.monotonic() < deadline, "the journal never got the first five tasks"
         time.sleep(0.01)
+    while len(_ran(tmp_path)) < 8:  # tasks 5, 6 and 7 hold: Ctrl+C must find them started
+        assert time.monotonic() < deadline, f"only {_ran(tmp_path)} started"
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     reader.join(10)
@@ -280,6 +283,11 @@ def test_ctrl_c_exits_130_and_the_rerun_completes(tmp_path: Path, backend: str) 
     assert "5 resumed" in done.stderr
     runs = (tmp_path / "ran.log").read_text().split()
     assert sorted(runs) == ["0", "1", "2", "3", "4", "5", "5", "6", "6", "7", "7"]
+
+
+def _ran(folder: Path) -> list[str]:
+    log = folder / "ran.log"
+    return log.read_text().split() if log.exists() else []
 
 
 def _recorded(journal: Path) -> int:

@@ -56,6 +56,40 @@ def test_a_dying_worker_fails_only_its_task(task: Any, detail: str) -> None:
     assert it.report.crashed == 1 and it.report.failed == 1 and it.report.ok == 99
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_dying_in_a_large_call_of_tiny_tasks_fails_only_its_task() -> None:
+    # Calls of 1,000 tiny items run without a mark per item once their speed is measured
+    # (the third call on): the call is sent again, marked, to learn which item killed the
+    # worker. That item runs twice; nothing else is lost.
+    with taskfan.SafeCounter.make("process") as runs:
+
+        def task(x: int) -> int:
+            if x == 3500:
+                runs.increment(x)
+                os._exit(3)
+            return x * x
+
+        it = taskfan.imap(task, range(4000), chunksize=1000, errors="return", **P)
+        got = list(it)
+        assert runs.get(3500) == 2
+    assert [g for i, g in enumerate(got) if i != 3500] == [i * i for i in range(4000) if i != 3500]
+    assert isinstance(got[3500], WorkerCrashed) and "exited with code 3" in str(got[3500])
+    assert (it.report.crashed, it.report.ok, it.report.retried) == (1, 3999, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_that_does_not_recur_in_a_large_call_costs_no_task() -> None:
+    with taskfan.SafeCounter.make("process") as runs:
+
+        def task(x: int) -> int:
+            if x == 3200 and runs.increment(x) == 1:
+                os._exit(3)  # the first time only: the marked re-run gets through
+            return x
+
+        assert taskfan.map(task, range(4000), chunksize=1000, **P) == list(range(4000))
+        assert runs.get(3200) == 2
+
+
 def test_a_crash_on_the_first_attempt_is_retried() -> None:
     with taskfan.SafeCounter.make("process") as attempts:
 

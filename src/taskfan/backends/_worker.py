@@ -46,6 +46,7 @@ __all__ = [
     "SLOT_FIELDS",
     "STOP",
     "TIMED",
+    "UNMARKED",
     "WorkerSpec",
     "call_header",
     "decode_cut",
@@ -64,12 +65,17 @@ HEADER = 17  # kind, call id, item limit
 TIMED = 1  # publish each item's start time, for timeouts
 ONE_BY_ONE = 2  # items are pickled one by one: an item that cannot be rebuilt fails alone
 SEPARATE = 4  # results are pickled one by one: one that cannot be rebuilt fails alone
+# Tiny tasks in large calls: no mark per item (a shared-memory write costs as much as the
+# task). INDEX then reads UNMARKED while the items run; if the worker dies, the parent
+# sends the call again, marked, to learn which item killed it (see BackendProcess).
+UNMARKED = 8
 
 # One slot per worker in a shared int64 array: these fields, in this order.
 SLOT_FIELDS = 4
 STATE, CALL_ID, INDEX, STARTED = range(SLOT_FIELDS)
 STARTING, READY = 0, 1
 NO_LIMIT = -1
+RUNNING_UNMARKED = -2  # INDEX while an UNMARKED call runs: some item of it, unknown which
 _SINGLE = 0  # ._base.SINGLE, fn(item): the fast path (a test checks that they agree)
 
 # An error record travels as (pickled exception or None, type name, message, traceback,
@@ -358,7 +364,15 @@ class _Loop:
         marks, index = self.marks, self.base + INDEX
         while True:
             try:
-                if mode == _SINGLE and not flags & (TIMED | ONE_BY_ONE):
+                if mode == _SINGLE and flags & UNMARKED:
+                    assert fn is not None
+                    marks[index] = RUNNING_UNMARKED
+                    append = out.append
+                    for item in items:
+                        append(fn(item))
+                        if stop and len(out) >= stop[-1]:
+                            break
+                elif mode == _SINGLE and not flags & (TIMED | ONE_BY_ONE):
                     assert fn is not None
                     append = out.append
                     for i, item in enumerate(items, len(out)):
