@@ -19,11 +19,12 @@ worker to unpickle the task functions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import mmap
 import os
 import random
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -86,23 +87,42 @@ class FailOnce:
         return value
 
 
-def square_fail_once(marker_dir: str, x: int, fail: bool = True) -> int:
+def square_fail_once(flag_file: str, x: int, fail: bool = True) -> int:
     """x*x, except that every 100th item raises :class:`Flaky` on its first attempt.
-    Worker processes share no memory, so the attempt is recorded in the file system: the
-    attempt that creates ``marker_dir/x`` (O_EXCL: exactly one attempt can, whichever
-    process runs it) fails, later ones find the file and succeed. A fresh ``marker_dir``
-    per run resets it. With ``fail=False`` the same files are made but nothing fails, so
-    the run without failures pays the same bookkeeping and the ratio is the retries'."""
+
+    Worker processes share no memory, so each attempt is noted in a file of one byte per
+    item, mapped into memory by every worker (a byte costs nothing next to the task; a
+    marker file per attempt cost as much as the retries measured, and varied with the
+    disk). A retry never runs at the same time as its first attempt, so reading and then
+    setting the byte is safe. A fresh file per run resets it. With ``fail=False`` the same
+    bytes are set but nothing fails, so the run without failures pays the same
+    bookkeeping and the ratio is the retries'."""
     if x % FAIL_EVERY == 0:
-        path = os.path.join(marker_dir, str(x))
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            pass  # a retry: the first attempt has failed already
-        else:
+        flags = _FLAGS.get(flag_file)
+        if flags is None:
+            flags = _FLAGS[flag_file] = _map_flags(flag_file)
+        if not flags[x]:
+            flags[x] = 1
             if fail:
                 raise Flaky(x)
     return x * x
+
+
+_FLAGS: dict[str, mmap.mmap] = {}
+
+
+def _map_flags(path: str) -> mmap.mmap:
+    with open(path, "r+b") as file:
+        return mmap.mmap(file.fileno(), 0)
+
+
+def _new_flag_file(n: int) -> str:
+    """A file of ``n`` zero bytes, in memory (/dev/shm) where the system has one."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, path = tempfile.mkstemp(prefix="taskfan-bench-retries-", dir=folder)
+    os.ftruncate(fd, n)
+    os.close(fd)
+    return path
 
 
 def _slow_at_random(n: int, slow: int, seconds: float) -> list[float]:
@@ -271,14 +291,13 @@ def retries_processes(repeats: int, n: int = 200_000) -> Scenario:
     import taskfan
 
     items = list(range(n))
-    dirs: list[str] = []
+    files: list[str] = []
 
     def run(fail: bool) -> Runner:
         def go() -> object:
-            # a fresh directory: no item has failed yet
-            marker_dir = tempfile.mkdtemp(prefix="taskfan-bench-retries-")
-            dirs.append(marker_dir)
-            fn = functools.partial(square_fail_once, marker_dir, fail=fail)
+            flag_file = _new_flag_file(n)  # a fresh file: no item has failed yet
+            files.append(flag_file)
+            fn = functools.partial(square_fail_once, flag_file, fail=fail)
             results = taskfan.imap(
                 fn,
                 items,
@@ -298,14 +317,16 @@ def retries_processes(repeats: int, n: int = 200_000) -> Scenario:
 
     def check(name: str, result: object) -> None:
         _same(expected, ordered=False)(name, result)
-        if name == "taskfan":
-            assert len(os.listdir(dirs[-1])) == failing, "not every failing item was tried"
+        with open(files[-1], "rb") as file:
+            tried = sum(file.read())
+        assert tried == failing, f"{name}: {tried} of {failing} failing items were tried"
 
     try:
         times = median_times({"taskfan": run(True), NO_FAILURES: run(False)}, repeats, check)
     finally:
-        for marker_dir in dirs:
-            shutil.rmtree(marker_dir, ignore_errors=True)
+        for flag_file in files:
+            with contextlib.suppress(OSError):
+                os.remove(flag_file)
     return _retries_scenario(
         f"{n:,} tiny tasks, {WORKERS} processes, imap(ordered=False)", failing, times
     )

@@ -850,7 +850,7 @@ class Engine:
             return False
         if failure.status in ("timeout", "crashed"):
             return True
-        return isinstance(failure.error, self.options.retry_on)
+        return isinstance(failure.bare_error, self.options.retry_on)
 
     def _schedule_retries(self, spans: list[Span]) -> None:
         """Queue ``spans`` (on one attempt number) after their backoff: uniform in

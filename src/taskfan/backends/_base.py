@@ -73,7 +73,7 @@ class Failure:
     and formatting is the dearest part of a failure.
     """
 
-    __slots__ = ("_traceback", "error", "retry", "status")
+    __slots__ = ("_error", "_traceback", "_untold", "retry", "status")
 
     def __init__(
         self,
@@ -81,8 +81,29 @@ class Failure:
         traceback: str | Callable[[], str],
         status: Status = "failed",
         retry: bool = True,
+        *,
+        as_cause: bool = False,
     ) -> None:
-        self.error, self._traceback, self.status, self.retry = error, traceback, status, retry
+        self._error, self._traceback, self.status, self.retry = error, traceback, status, retry
+        self._untold = as_cause  # the traceback still to be set as the error's __cause__
+
+    @property
+    def error(self) -> BaseException:
+        """The exception; from :func:`describe_failure`, with the worker's traceback as its
+        ``__cause__`` (attached when first asked for: a retried failure never is)."""
+        if self._untold:
+            self._untold = False
+            self._error.__cause__ = TaskTraceback(lambda: self.traceback)
+        return self._error
+
+    @error.setter
+    def error(self, error: BaseException) -> None:
+        self._error, self._untold = error, False
+
+    @property
+    def bare_error(self) -> BaseException:
+        """The exception, as it is now: to decide on a retry without dressing it."""
+        return self._error
 
     @property
     def traceback(self) -> str:
@@ -156,9 +177,7 @@ def describe_failure(
 ) -> Failure:
     """Record ``error`` with its worker traceback, attached as ``__cause__``, as
     concurrent.futures does for processes."""
-    failure = Failure(error, tb_text, status)
-    error.__cause__ = TaskTraceback(lambda: failure.traceback)
-    return failure
+    return Failure(error, tb_text, status, as_cause=True)
 
 
 def where_stuck(thread_id: int | None, failure: Failure) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import importlib
 import itertools
 import os
 import pickle
@@ -127,6 +128,22 @@ def decode_reply(
     return call_id, values, failures, started, elapsed
 
 
+def _late(module: str, name: str) -> Any:
+    """``name`` from the sibling ``module``, imported when first needed (see above).
+
+    A ``from . import`` statement inside a function costs microseconds on every call,
+    as much as a tiny task: the paths that run per failure take what they need here.
+    """
+    key = (module, name)
+    found = _LATE.get(key)
+    if found is None:
+        found = _LATE[key] = getattr(importlib.import_module(module, __package__), name)
+    return found
+
+
+_LATE: dict[tuple[str, str], Any] = {}
+
+
 def unrebuildable_result(error: Exception) -> Failure:
     import traceback
 
@@ -141,12 +158,12 @@ def unrebuildable_result(error: Exception) -> Failure:
 
 
 def _failure(record: ErrorRecord) -> Failure:
-    from .._errors import rebuild_error
-    from ._base import describe_failure
-    from ._trace import render
-
+    rebuild_error = _late(".._errors", "rebuild_error")
+    describe_failure = _late("._base", "describe_failure")
+    render = _late("._trace", "render")
     blob, type_name, message, tb_text, retry = record
     error = rebuild_error(blob, type_name, message)
+    failure: Failure
     if isinstance(tb_text, str):
         failure = describe_failure(error, tb_text)
     else:
@@ -402,8 +419,7 @@ class _Loop:
         *,
         stop: list[int],
     ) -> None:
-        from ._base import call_one
-
+        call_one = _late("._base", "call_one")
         append = out.append
         marks, index, started = self.marks, self.base + INDEX, self.base + STARTED
         now = time.monotonic_ns
@@ -446,8 +462,7 @@ def _rebuild(blob: bytes) -> Any:
 
 def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent."""
-    from ._trace import summarize
-
+    summarize = _late("._trace", "summarize")
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
     while (
