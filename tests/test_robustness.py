@@ -201,3 +201,37 @@ def test_auto_picks_async_for_a_coroutine_function(fn: Any) -> None:
     it = taskfan.imap(fn, [1, 2, 3], progress=False)
     assert list(it) == [1, 2, 3]
     assert it.report.ok == 3
+
+
+@pytest.mark.timeout(30)
+def test_the_traceback_kept_is_the_last_attempts(opts: dict[str, Any], backend: str) -> None:
+    # Attempts that are retried drop their tracebacks (nobody reads them): the one that
+    # fails for good still carries its own, in full.
+    with taskfan.SafeCounter.make(backend) as attempts:
+
+        def always_fails(x: int) -> int:
+            raise ValueError(f"attempt {attempts.increment(x)} of {x}")
+
+        got = taskfan.map(always_fails, [7], retries=2, backoff=0, errors="return", **opts)
+    error = got[0]
+    assert isinstance(error, ValueError) and str(error) == "attempt 3 of 7"
+    assert isinstance(error.__cause__, taskfan.TaskTraceback)
+    assert "always_fails" in error.__cause__.text and "attempt 3 of 7" in error.__cause__.text
+
+
+def test_an_attempt_that_will_be_retried_sets_its_traceback_aside() -> None:
+    from taskfan.backends._base import SINGLE, Call, Failure, run_items
+
+    def task(x: int) -> int:
+        if x == 1:
+            raise ValueError("retried")
+        if x == 2:
+            raise KeyError("not retried")
+        return x
+
+    out: list[Any] = []
+    errors: dict[int, Failure] = {}
+    run_items(Call(0, task, SINGLE, [0, 1, 2], retried=(ValueError,)), out, errors)
+    assert out == [0, None, None]
+    assert errors[1].bare_error.__traceback__ is None and "not kept" in errors[1].traceback
+    assert "task" in errors[2].traceback and 'raise KeyError("not retried")' in errors[2].traceback

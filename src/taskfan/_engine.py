@@ -555,8 +555,12 @@ class Engine:
     def _send(self, span: Span) -> None:
         per_item = self._sizer.per_item
         expected = None if per_item is None else per_item * len(span.items)
-        timed = self.options.timeout is not None
-        call = Call(next(self._ids), self._job.fn, self._job.mode, span.items, timed, expected)
+        o = self.options
+        timed = o.timeout is not None
+        retried = o.retry_on if span.attempt <= o.retries else ()
+        call = Call(
+            next(self._ids), self._job.fn, self._job.mode, span.items, timed, expected, retried
+        )
         self._inflight[call.id] = span
         if expected is not None and len(span.items) > 1 and span.positions is None:
             self._expected[call.id] = expected  # may be cut short when far past it

@@ -54,6 +54,8 @@ class Call:
     ``timed`` asks the worker to publish which item it is running and since when, so
     the engine can stop exactly that item when its timeout passes. ``expected`` is the
     engine's estimate of the seconds it takes (None before anything was measured).
+    ``retried``: exceptions that the engine will retry if an item of this call raises
+    one; nobody ever reads the traceback of such an attempt (see :func:`set_aside`).
     """
 
     id: int
@@ -62,6 +64,7 @@ class Call:
     items: Sequence[Any]
     timed: bool = False
     expected: float | None = None
+    retried: tuple[type[BaseException], ...] = ()
 
 
 class Failure:
@@ -245,6 +248,21 @@ def capture(error: BaseException) -> Failure:
     return describe_failure(error, text)
 
 
+def set_aside(error: BaseException) -> Failure:
+    """A Failure for an exception that the engine will retry: its traceback is dropped.
+
+    Only the last attempt's traceback is ever shown, so an attempt that is retried needs
+    only its exception (for ``retry_on``). Dropping the traceback at once frees its
+    frames: when 1% of a hundred thousand tiny tasks fail, capturing each traceback and
+    the garbage collections its frames set off cost more than the retries themselves.
+    """
+    error.__traceback__ = None
+    return Failure(error, _SET_ASIDE)
+
+
+_SET_ASIDE = "(not kept: this attempt failed with an error that is retried)\n"
+
+
 def run_items(
     call: Call,
     out: list[Any],
@@ -276,7 +294,10 @@ def run_items(
         except catch as error:  # a task's exception is its result
             if passthrough is not None and passthrough(error):
                 raise  # not the task's: a real Ctrl+C, say
-            errors[len(out)] = capture(error)
+            retried = call.retried
+            errors[len(out)] = (
+                set_aside(error) if retried and isinstance(error, retried) else capture(error)
+            )
             out.append(None)
             if halt and len(out) >= halt[-1]:
                 return True
