@@ -464,3 +464,20 @@ def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
     preloaded = out.stdout.split()
     assert "taskfan.backends._worker" in preloaded
     assert ("cloudpickle" in preloaded) == (kind == "lambda"), preloaded
+
+
+def test_a_worker_sets_aside_the_traceback_of_an_attempt_that_is_retried() -> None:
+    from taskfan.backends._worker import SET_ASIDE, _record
+
+    retried = ValueError("retried")
+    try:
+        raise retried
+    except ValueError as error:
+        record = _record(error, retried=(ValueError,))
+    assert record[3] == SET_ASIDE and retried.__traceback__ is None
+    assert record[1] == "builtins.ValueError" and record[2] == "retried"
+    try:
+        raise KeyError("kept")
+    except KeyError as error:
+        kept = _record(error, retried=(ValueError,))
+    assert kept[3] != SET_ASIDE and kept[1] == "builtins.KeyError"

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from .._clock import Clock
 from .._errors import TaskTraceback
 from .._outcome import Status
+from ._worker import SET_ASIDE
 
 __all__ = [
     "FULL",
@@ -257,10 +258,7 @@ def set_aside(error: BaseException) -> Failure:
     the garbage collections its frames set off cost more than the retries themselves.
     """
     error.__traceback__ = None
-    return Failure(error, _SET_ASIDE)
-
-
-_SET_ASIDE = "(not kept: this attempt failed with an error that is retried)\n"
+    return Failure(error, SET_ASIDE)
 
 
 def run_items(

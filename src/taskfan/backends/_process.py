@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import io
 import itertools
 import multiprocessing
@@ -179,6 +180,7 @@ class ProcessBackend(Backend):
         self._numbers = itertools.count(1)
         self._fn_ids = itertools.count()
         self._fn_cache: dict[int, tuple[Callable[..., Any], int]] = {}
+        self._retried_blobs: dict[tuple[type[BaseException], ...], bytes | None] = {}
         self._fn_blobs: dict[int, bytes] = {}
         self._fruitless_deaths = 0
         self._init_blob: bytes | None = None
@@ -344,11 +346,24 @@ class ProcessBackend(Backend):
         self._fn_blobs[fn_id] = FUNCTION + fn_id.to_bytes(8, "little", signed=True) + blob
         return fn_id
 
+    def _retried_blob(self, retried: tuple[type[BaseException], ...]) -> bytes | None:
+        """``retried`` pickled for the workers (once), or None if it cannot be: they
+        then keep every traceback, as they would without retries."""
+        if not retried:
+            return None
+        if retried not in self._retried_blobs:
+            try:
+                blob: bytes | None = pickle.dumps(retried, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                blob = None
+            self._retried_blobs[retried] = blob
+        return self._retried_blobs[retried]
+
     def _encode(self, call: Call, fn_id: int, flags: int) -> bytes | Done:
         items: Any = call.items
         if flags & ONE_BY_ONE:
             items = [_dumps_item(item) for item in items]
-        body = (fn_id, call.mode, items, flags)
+        body = (fn_id, call.mode, items, flags, self._retried_blob(call.retried))
         try:
             return pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
@@ -464,7 +479,7 @@ class ProcessBackend(Backend):
         flags = (sent.flags | flag) & ~drop
         call = sent.call
         if sent.cut is not None:  # items past the cut went to other workers
-            call = Call(call.id, call.fn, call.mode, call.items[: sent.cut], call.timed)
+            call = dataclasses.replace(call, items=call.items[: sent.cut])
         body = self._encode(call, sent.fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)

@@ -44,6 +44,7 @@ __all__ = [
     "FUNCTION",
     "ONE_BY_ONE",
     "SEPARATE",
+    "SET_ASIDE",
     "SLOT_FIELDS",
     "STOP",
     "TIMED",
@@ -76,6 +77,8 @@ SLOT_FIELDS = 4
 STATE, CALL_ID, INDEX, STARTED = range(SLOT_FIELDS)
 STARTING, READY = 0, 1
 NO_LIMIT = -1
+# The traceback of an attempt that is retried: nobody reads it, so it is not kept.
+SET_ASIDE = "(not kept: this attempt failed with an error that is retried)\n"
 RUNNING_UNMARKED = -2  # INDEX while an UNMARKED call runs: some item of it, unknown which
 _SINGLE = 0  # ._base.SINGLE, fn(item): the fast path (a test checks that they agree)
 
@@ -287,6 +290,21 @@ class _Loop:
         self.recalled: set[int] = set()  # calls not to run: the parent gave them to others
         self.starting = threading.Lock()  # a call starts, or is recalled: never both
         self._sending = threading.Lock()  # replies and cut notices share the pipe
+        self._retried_types: dict[bytes, tuple[type[BaseException], ...]] = {}
+
+    def _retried(self, blob: bytes | None) -> tuple[type[BaseException], ...]:
+        """The exceptions that the parent retries for this call (see ``Call.retried``);
+        none if they cannot be rebuilt here: every traceback is then kept."""
+        if blob is None:
+            return ()
+        found = self._retried_types.get(blob)
+        if found is None:
+            try:
+                found = tuple(pickle.loads(blob))
+            except Exception:
+                found = ()
+            self._retried_types[blob] = found
+        return found
 
     def send(self, message: bytes) -> None:
         with self._sending:
@@ -343,7 +361,7 @@ class _Loop:
         t0 = time.perf_counter()
         broken = self.broken
         try:
-            fn_id, mode, items, flags = pickle.loads(message[HEADER:])
+            fn_id, mode, items, flags, retried_blob = pickle.loads(message[HEADER:])
         except BaseException as error:  # some argument cannot be rebuilt here
             # Which one is not known: the parent sends the items again one by one.
             record = _record(error, retry=False)
@@ -357,7 +375,10 @@ class _Loop:
             values: list[Any] = [None] * n
             records = dict.fromkeys(range(n), broken)
         else:
-            values, records = self._run(fn, mode, itertools.islice(items, n), flags, current)
+            retried = self._retried(retried_blob)
+            values, records = self._run(
+                fn, mode, itertools.islice(items, n), flags, current, retried=retried
+            )
         # Nothing runs any more: pickling a large reply, or waiting for the parent to
         # read it, must not look like a late item to the parent's deadline check.
         self.marks[self.base + INDEX] = -1
@@ -372,6 +393,8 @@ class _Loop:
         items: Iterator[Any],
         flags: int,
         current: _Current,
+        *,
+        retried: tuple[type[BaseException], ...],
     ) -> tuple[list[Any], dict[int, ErrorRecord]]:
         """Run items in order; an exception fails only its item and the loop goes on.
 
@@ -404,7 +427,7 @@ class _Loop:
                 records[len(out)] = _record(bad.error, retry=False)
                 out.append(None)
             except BaseException as error:  # a worker reports everything and carries on
-                records[len(out)] = _record(error)
+                records[len(out)] = _record(error, retried=retried)
                 out.append(None)
             if stop and len(out) >= stop[-1]:
                 return out, records
@@ -460,8 +483,17 @@ def _rebuild(blob: bytes) -> Any:
         raise _BadArgument(error) from error
 
 
-def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
-    """Describe an exception so that it survives the trip to the parent."""
+def _record(
+    error: BaseException, retry: bool = True, retried: tuple[type[BaseException], ...] = ()
+) -> ErrorRecord:
+    """Describe an exception so that it survives the trip to the parent.
+
+    One that the parent will retry (an instance of ``retried``) goes without its
+    traceback, which nobody reads (see ``_base.set_aside``).
+    """
+    if retried and isinstance(error, retried):
+        error.__traceback__ = None
+        return _described(error, SET_ASIDE, retry)
     summarize = _late("._trace", "summarize")
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
@@ -471,7 +503,10 @@ def _record(error: BaseException, retry: bool = True) -> ErrorRecord:
         and (os.path.dirname(tb.tb_frame.f_code.co_filename) == ours)
     ):
         tb = tb.tb_next
-    text = summarize(error, tb)
+    return _described(error, summarize(error, tb), retry)
+
+
+def _described(error: BaseException, text: str | Trace, retry: bool) -> ErrorRecord:
     blob: bytes | None
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
