@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import logging
 import math
 import random
 import sys
@@ -45,7 +44,6 @@ from .backends._registry import backend_class
 
 __all__ = ["Engine", "Feed", "Job", "Piece", "TaskRaisedStopIteration"]
 
-logger = logging.getLogger("taskfan")
 
 #: most items taken from the input and not yet handed back, when ``window`` is auto
 AUTO_WINDOW_MAX = 65_536
@@ -397,7 +395,9 @@ class Engine:
                 elif done.call_id in self._inflight and (done.values or done.stopped):
                     self._finish(done)
         except Exception:
-            logger.debug("could not collect late results", exc_info=True)
+            import logging  # here only: importing it costs the first call milliseconds
+
+            logging.getLogger("taskfan").debug("could not collect late results", exc_info=True)
         self._pending.clear()
         self._timers.clear()
 

@@ -5,17 +5,17 @@ Both count items, never chunks, and show how many ended ok and how many failed.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock
 from ._outcome import Report
 
-__all__ = ["BarObserver", "LogObserver", "NullBar", "Observer", "Tally", "make_observers"]
+if TYPE_CHECKING:
+    import logging
 
-logger = logging.getLogger("taskfan")
+__all__ = ["BarObserver", "LogObserver", "NullBar", "Observer", "Tally", "make_observers"]
 
 
 class Tally:
@@ -100,7 +100,7 @@ class LogObserver(Observer):
         self._total, self._label, self._every = total, desc or "taskfan", every
         self._start = clock.now()
         self._next = self._start + every
-        self._undo = _make_heard()
+        self._log, self._undo = _make_heard()
 
     def next_tick(self) -> float | None:
         return self._next
@@ -114,7 +114,7 @@ class LogObserver(Observer):
         eta = ""
         if self._total is not None and rate > 0:
             eta = f", ETA {max(0.0, (self._total - done) / rate):.0f} s"
-        logger.info(
+        self._log.info(
             "%s: %d%s done (%d ok, %d failed), %.1f/s%s",
             self._label,
             done,
@@ -127,18 +127,21 @@ class LogObserver(Observer):
 
     def close(self, report: Report) -> None:
         try:
-            logger.info("%s: %s", self._label, report)
+            self._log.info("%s: %s", self._label, report)
         finally:
             self._undo()
 
 
-def _make_heard() -> Callable[[], None]:
-    """Make sure the log lines asked for are seen; returns how to undo it.
+def _make_heard() -> tuple[logging.Logger, Callable[[], None]]:
+    """Make sure the log lines asked for are seen; returns the logger, and how to undo it.
 
     A program that never configured logging would drop them (Python's last-resort
     handler prints warnings only): for the run, they then go to stderr. A logger set
     above INFO is lowered to INFO for the run, since the user asked for these lines.
     """
+    import logging  # only when asked for: importing it costs the first call milliseconds
+
+    logger = logging.getLogger("taskfan")
     handler: logging.Handler | None = None
     if not logger.hasHandlers():
         handler = logging.StreamHandler(sys.stderr)
@@ -153,7 +156,7 @@ def _make_heard() -> Callable[[], None]:
             logger.removeHandler(handler)
         logger.setLevel(level)
 
-    return undo
+    return logger, undo
 
 
 def make_observers(
