@@ -58,7 +58,7 @@ def counts(engine: Any) -> tuple[int, int, int, int, int, int, int]:
 
 def attempts(pieces: list[tuple[float, Any]]) -> dict[int, int]:
     """Position -> the attempt number its outcome came from."""
-    return {p.seq + i: p.attempt for _, p in pieces for i in range(len(p.items))}
+    return {p.seq + i: p.ran(i).attempt for _, p in pieces for i in range(len(p.items))}
 
 
 # --- a crashed worker ---------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_a_result_at_the_instant_of_its_timeout_ends_the_task_exactly_once(
         assert engine.report.elapsed == 2.0
     else:
         assert backend.stops == [(T0 + 2, 0, 0)]
-        assert (value, piece.failures, piece.attempt) == ("x", None, 2)
+        assert (value, piece.failures, piece.ran(0).attempt) == ("x", None, 2)
         assert [(r.outcome, r.start) for r in backend.runs] == [
             ("stopped", T0),
             ("value", T0 + 2),
@@ -263,7 +263,7 @@ def test_backoff_draws_full_jitter_per_attempt_and_the_run_ends_with_the_last_re
     rng = random.Random(7)
     assert gaps == pytest.approx([rng.random() * cap for cap in caps], abs=1e-9)
     assert all(0 <= gap <= cap for gap, cap in zip(gaps, caps, strict=True))
-    assert [p.attempt for _, p in pieces] == [5]
+    assert [p.ran(0).attempt for _, p in pieces] == [5]
     assert counts(engine) == (1, 1, 0, 0, 0, 0, 4)
     assert runs[-1].end == clock.now()  # nothing waited for after the last retry ended
     assert engine.report.elapsed == pytest.approx(runs[-1].end - T0, abs=1e-9)
@@ -491,3 +491,34 @@ def test_the_fake_backend_keeps_the_backend_contract() -> None:
     assert (done.values, done.worker, done.stopped[1].status) == ([], "w3", "crashed")
     assert backend.ran_on() == {"w1": ["a", "b"], "w3": ["c"]}
     assert [r.outcome for r in backend.runs] == ["value", "stopped", "crash"]
+
+
+# --- retried tasks fill their holes in order --------------------------------------------
+
+
+def test_in_order_a_retried_task_fills_its_hole_and_its_piece_goes_out_whole() -> None:
+    # One chunk of six: item 1 fails once and waits out its backoff. The chunk's other
+    # results wait for it (in order they could not go out before it anyway), and the
+    # piece goes out whole, at the retry's end, each task with its own attempt.
+    script = table({1: [fail(1.0, ValueError), ok(1.0)]}, default=ok(1.0))
+    engine, backend = make_engine(script, range(6), workers=1, chunksize=6, retries=1, backoff=10.0)
+    pieces = drive(engine)
+    assert len(pieces) == 1
+    at, piece = pieces[0]
+    assert (piece.seq, piece.values, piece.failures) == (0, list(range(6)), None)
+    retry = backend.runs_of(1)[1]
+    assert at == retry.end and retry.start > T0 + 6  # after the chunk and the backoff
+    assert [piece.ran(i).attempt for i in range(6)] == [1, 2, 1, 1, 1, 1]
+    assert counts(engine) == (6, 6, 0, 0, 0, 0, 1)
+
+
+def test_a_run_stopped_while_a_retry_waits_keeps_what_ended_around_it() -> None:
+    # Chunks [0-2] and [3-5] end at T0+3; item 4 failed and waits 100 s for its retry.
+    # Breaking out after the first piece keeps 3 and 5 (they ended), never 4.
+    script = table({4: fail(1.0, ValueError)}, default=ok(1.0))
+    engine, _ = make_engine(script, range(9), workers=2, chunksize=3, retries=1, backoff=100.0)
+    run = engine.run()
+    assert next(run).seq == 0
+    run.close()
+    kept = {p.seq + i: v for p in engine.leftover() for i, v in enumerate(p.values)}
+    assert kept == {3: 3, 5: 5}

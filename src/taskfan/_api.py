@@ -198,12 +198,12 @@ def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
     failures = piece.failures or {}
     for i, value in enumerate(piece.values):
         key = keys[piece.seq + i] if keys is not None else piece.seq + i
-        started = piece.started + i * piece.duration
+        ran = piece.ran(i)  # a retried task ended in a piece of its own
+        attempt, worker, duration = ran.attempt, ran.worker, ran.duration
+        started = piece.started + i * duration if ran is piece else ran.started
         failure = failures.get(i)
         if failure is None:
-            yield Outcome(
-                key, "ok", value, None, None, piece.attempt, started, piece.duration, piece.worker
-            )
+            yield Outcome(key, "ok", value, None, None, attempt, started, duration, worker)
         else:
             yield Outcome(
                 key,
@@ -211,10 +211,10 @@ def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
                 None,
                 failure.error,
                 failure.traceback,
-                piece.attempt,
+                attempt,
                 started,
-                piece.duration,
-                piece.worker,
+                duration,
+                worker,
             )
 
 

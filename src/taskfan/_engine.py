@@ -114,6 +114,8 @@ class Piece:
     started: float
     duration: float
     recorded: list[tuple[Any, ...]] | None = None
+    holes: int = 0  # retried tasks not yet ended for good (their values are None)
+    redone: dict[int, Piece] | None = None  # by offset: how a retried task ended
 
     @classmethod
     def of(
@@ -138,6 +140,10 @@ class Piece:
             per_item,
         )
 
+    def ran(self, i: int) -> Piece:
+        """The piece its task at offset ``i`` ended in: this one, or its last retry's."""
+        return self.redone.get(i, self) if self.redone else self
+
     def cut(self, start: int, stop: int, failed: list[int] | None = None) -> Piece:
         """The tasks at offsets ``[start, stop)`` as a piece of their own (``failed``:
         the offsets of its failures, when the caller knows them)."""
@@ -146,6 +152,9 @@ class Piece:
             failures = {i - start: self.failures[i] for i in failed}
         elif self.failures:
             failures = {i - start: f for i, f in self.failures.items() if start <= i < stop}
+        redone = None
+        if self.redone:
+            redone = {i - start: p for i, p in self.redone.items() if start <= i < stop}
         return Piece(
             self.seq + start,
             self.items[start:stop],
@@ -155,6 +164,7 @@ class Piece:
             self.worker,
             self.started + start * self.duration,
             self.duration,
+            redone=redone or None,
         )
 
 
@@ -208,6 +218,8 @@ class Engine:
         self._weights: dict[int, int] = {}  # their estimated bytes, by seq
         self._buffered_bytes = self._buffered_items = 0
         self._next_out = 0
+        # seq of a retried task -> the buffered piece it leaves a hole in (in order only)
+        self._hole_of: dict[int, Piece] = {}
         self._out: deque[Piece] = deque()
         self._emitted = 0
         self._exhausted = False
@@ -403,10 +415,25 @@ class Engine:
 
     def leftover(self) -> list[Piece]:
         """Pieces that ended but were never yielded (after the run stopped early)."""
-        pieces = list(self._out) + list(self._buffer.values())
+        pieces = list(self._out)
+        for piece in self._buffer.values():
+            pieces.extend(self._ended_parts(piece))
         self._out.clear()
         self._buffer.clear()
         return pieces
+
+    def _ended_parts(self, piece: Piece) -> list[Piece]:
+        """``piece`` without its holes still open: the stretches of tasks that ended."""
+        if not piece.holes:
+            return [piece]
+        holes = self._hole_of
+        parts, start = [], 0
+        for i in range(len(piece.values) + 1):
+            if i == len(piece.values) or holes.get(piece.seq + i) is piece:
+                if i > start:
+                    parts.append(piece.cut(start, i))
+                start = i + 1
+        return parts
 
     @property
     def report(self) -> Report:
@@ -818,11 +845,27 @@ class Engine:
         tally.ok += len(piece.values) - len(failures or ())
         for observer in self._observers:
             observer.update(len(piece.values) - len(retry), tally)
+        holes = self._hole_of
         if not retry:
+            if holes and piece.seq in holes:
+                self._fill(holes.pop(piece.seq), piece)
+            else:
+                self._emit(piece)
+            return
+        if piece.seq in holes:
+            return  # a retried task tried again: its hole stays open in its first piece
+        if self._ordered:
+            # In order, what follows a retried task waits for it anyway: the piece stays
+            # whole, and each retried task fills its hole when it ends for good.
+            final_ones = {i: f for i, f in (failures or {}).items() if i not in retrying}
+            piece.failures = final_ones or None
+            piece.holes = len(retry)
+            for i in retry:
+                holes[piece.seq + i] = piece
             self._emit(piece)
             return
-        # Retried tasks leave holes, filled later; each stretch between them goes on with
-        # the final failures that fall in it (found in one pass, not one per stretch).
+        # Retried tasks leave holes; each stretch between them goes on at once with the
+        # final failures that fall in it (found in one pass, not one per stretch).
         kept = sorted(i for i in failures or () if i not in retrying)
         k = start = 0
         for hole in [*retry, len(piece.values)]:
@@ -834,20 +877,43 @@ class Engine:
             start = hole + 1
 
     def _emit(self, piece: Piece) -> None:
-        if not self._ordered or (piece.seq == self._next_out and not self._buffer):
+        if not self._ordered or (
+            piece.seq == self._next_out and not self._buffer and not piece.holes
+        ):
             self._out.append(piece)  # in order (or unordered): nothing waits, nothing weighed
             self._next_out += len(piece.items)
             return
         self._buffer[piece.seq] = piece
         self._weights[piece.seq] = weight = _weigh(piece.values)
         self._buffered_bytes += weight
-        self._buffered_items += len(piece.items)
-        while self._next_out in self._buffer:
-            ready = self._buffer.pop(self._next_out)
+        self._buffered_items += len(piece.items) - piece.holes  # open holes still run
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand on the buffered pieces that are next in order and complete."""
+        buffer = self._buffer
+        while (ready := buffer.get(self._next_out)) is not None and not ready.holes:
+            del buffer[ready.seq]
             self._buffered_bytes -= self._weights.pop(ready.seq)
             self._buffered_items -= len(ready.items)
             self._out.append(ready)
             self._next_out += len(ready.items)
+
+    def _fill(self, piece: Piece, retried: Piece) -> None:
+        """A retried task of ``piece`` ended for good, as ``retried`` (one task)."""
+        i = retried.seq - piece.seq
+        piece.values[i] = retried.values[0]
+        if retried.failures:
+            if piece.failures is None:
+                piece.failures = {}
+            piece.failures[i] = retried.failures[0]
+        if piece.redone is None:
+            piece.redone = {}
+        piece.redone[i] = retried
+        piece.holes -= 1
+        self._buffered_items += 1
+        if not piece.holes and piece.seq == self._next_out:
+            self._flush()
 
     def _retryable(self, failure: Failure, attempt: int) -> bool:
         if attempt > self.options.retries or not failure.retry:
