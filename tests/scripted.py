@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from taskfan._clock import Clock, MockClock
-from taskfan._engine import Engine, Job, Piece
+from taskfan._engine import RETRIED, Engine, Job, Piece
 from taskfan._errors import WorkerCrashed
 from taskfan._options import make_options, plan
 from taskfan.backends._base import (
@@ -549,6 +549,8 @@ def outcomes(pieces: Iterable[tuple[float, Piece]]) -> dict[int, Any]:
     for _, piece in pieces:
         for i, value in enumerate(piece.values):
             failure = (piece.failures or {}).get(i)
+            if failure is RETRIED:
+                continue  # out of order: the task ends in a later piece
             position = piece.seq + i
             assert position not in found, f"task {position} ended twice"
             found[position] = value if failure is None else failure.error

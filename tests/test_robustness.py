@@ -235,3 +235,26 @@ def test_an_attempt_that_will_be_retried_sets_its_traceback_aside() -> None:
     assert out == [0, None, None]
     assert errors[1].bare_error.__traceback__ is None and "not kept" in errors[1].traceback
     assert "task" in errors[2].traceback and 'raise KeyError("not retried")' in errors[2].traceback
+
+
+@pytest.mark.timeout(30)
+def test_out_of_order_each_retried_task_comes_back_once(opts: dict[str, Any], backend: str) -> None:
+    # Out of order, a chunk goes on at once with gaps where its retried tasks were; they
+    # come back later, each exactly once, and a task that fails for good once too.
+    with taskfan.SafeCounter.make(backend) as attempts:
+
+        def task(x: int) -> int:
+            if x == 7:
+                raise KeyError("always")
+            if x % 10 == 3 and attempts.increment(x) == 1:
+                raise ValueError("once")
+            return x
+
+        it = taskfan.imap(
+            task, range(100), ordered=False, retries=1, backoff=0, errors="return", **opts
+        )
+        got = list(it)
+    assert len(got) == 100
+    assert sorted(g for g in got if isinstance(g, int)) == [x for x in range(100) if x != 7]
+    assert [type(g) for g in got if not isinstance(g, int)] == [KeyError]
+    assert (it.report.ok, it.report.failed, it.report.retried) == (99, 1, 11)

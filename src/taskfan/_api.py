@@ -15,7 +15,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._engine import Engine, Job, Piece, TaskRaisedStopIteration
+from ._engine import RETRIED, Engine, Job, Piece, TaskRaisedStopIteration
 from ._options import Options, Plan, check_flag, is_async_callable, make_options, plan
 from ._outcome import Outcome, Report, Results
 from .backends._base import FULL, KWARGS, SINGLE, STAR
@@ -110,16 +110,22 @@ def _engine(
 
 
 def _extend(out: list[Any], piece: Piece, errors: str) -> None:
-    failures = piece.failures
+    """The outcomes of ``piece`` as ``errors`` says, at a cost per failure, not per task.
+
+    ("raise" meets no failure here, the engine raised first: only RETRIED gaps.)
+    """
+    failures, values = piece.failures, piece.values
     if not failures:
-        out.extend(piece.values)
-    elif errors == "return":
-        values = list(piece.values)
-        for i, failure in failures.items():
-            values[i] = failure.error
         out.extend(values)
-    else:  # "skip" ("raise" never gets here: the engine raised first)
-        out.extend(v for i, v in enumerate(piece.values) if i not in failures)
+        return
+    start = 0
+    for i in sorted(failures):
+        out.extend(values[start:i])
+        failure = failures[i]
+        if errors == "return" and failure is not RETRIED:
+            out.append(failure.error)
+        start = i + 1
+    out.extend(values[start:])
 
 
 def _check_fn(where: str, fn: object) -> None:
@@ -204,7 +210,7 @@ def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
         failure = failures.get(i)
         if failure is None:
             yield Outcome(key, "ok", value, None, None, attempt, started, duration, worker)
-        else:
+        elif failure is not RETRIED:
             yield Outcome(
                 key,
                 failure.status,
@@ -429,7 +435,7 @@ def _triples(piece: Piece) -> Iterator[tuple[Mapping[str, Any], Any, BaseExcepti
         failure = failures.get(i)
         if failure is None:
             yield kwargs, piece.values[i], None
-        else:
+        elif failure is not RETRIED:
             yield kwargs, None, failure.error
 
 

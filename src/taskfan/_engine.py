@@ -115,6 +115,7 @@ class Piece:
     duration: float
     recorded: list[tuple[Any, ...]] | None = None
     holes: int = 0  # retried tasks not yet ended for good (their values are None)
+    gaps: int = 0  # out of order: retried tasks that end in later pieces (see RETRIED)
     redone: dict[int, Piece] | None = None  # by offset: how a retried task ended
 
     @classmethod
@@ -267,7 +268,7 @@ class Engine:
                 if self._out:
                     while self._out:
                         piece = self._out.popleft()
-                        self._emitted += len(piece.items)
+                        self._emitted += len(piece.items) - piece.gaps
                         yield piece
                     continue  # handing back freed window room: fill it before waiting
                 if self._drained():
@@ -311,7 +312,7 @@ class Engine:
                 if self._out:
                     while self._out:
                         piece = self._out.popleft()
-                        self._emitted += len(piece.items)
+                        self._emitted += len(piece.items) - piece.gaps
                         yield piece
                     continue
                 if self._drained():
@@ -864,17 +865,13 @@ class Engine:
                 holes[piece.seq + i] = piece
             self._emit(piece)
             return
-        # Retried tasks leave holes; each stretch between them goes on at once with the
-        # final failures that fall in it (found in one pass, not one per stretch).
-        kept = sorted(i for i in failures or () if i not in retrying)
-        k = start = 0
-        for hole in [*retry, len(piece.values)]:
-            if hole > start:
-                first = k
-                while k < len(kept) and kept[k] < hole:
-                    k += 1
-                self._emit(piece.cut(start, hole, kept[first:k]))
-            start = hole + 1
+        # Out of order, the piece goes on at once; its retried tasks are gaps in it,
+        # marked RETRIED (consumers pass over them), and come back in pieces of their own.
+        assert failures is not None
+        for i in retry:
+            failures[i] = RETRIED
+        piece.gaps = len(retry)
+        self._emit(piece)
 
     def _emit(self, piece: Piece) -> None:
         if not self._ordered or (
@@ -985,6 +982,11 @@ def _without_first(done: Done, k: int) -> Done:
         stopped = (done.stopped[0] - k, done.stopped[1])
     elapsed = done.elapsed * (len(done.values) - k) / len(done.values) if done.values else 0.0
     return Done(done.call_id, done.values[k:], errors, stopped, done.worker, done.started, elapsed)
+
+
+#: In a piece yielded out of order, the failure at the offset of a task that is being
+#: retried: not an outcome (the task ends in a later piece), so every consumer skips it.
+RETRIED = Failure(TaskfanError("this attempt is retried; its task ends later"), "", retry=False)
 
 
 def _raisable(error: BaseException) -> BaseException:
