@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import mmap
 import os
@@ -416,7 +417,45 @@ def _byte_compile(package: str) -> None:
 
 
 def tiny_calls_list(repeats: int, n: int) -> Scenario:
-    """n calls of x*x on 2 processes, the input a list built before the clock starts."""
+    """n calls of x*x on 2 processes, the input a list built before the clock starts.
+
+    Run in a fresh process of its own (``list_main``), as a script that only maps would
+    run them: the benchmark process has threads by now (a peer's monitor thread), so
+    taskfan would start its workers with the fork server there while Pool forks anyway,
+    and each of its workers would import the benchmark package again as its main module.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = _spawn([str(repeats), str(n)], out, err, code=_LIST_CODE)
+        try:
+            child.wait(timeout=LIST_TIMEOUT)
+        except subprocess.TimeoutExpired as late:
+            _kill_all(child)
+            raise RuntimeError(
+                f"the list-input row of {n:,} calls took over {LIST_TIMEOUT} s"
+            ) from late
+        _kill_all(child)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(err.read().decode(errors="replace").strip()[-2000:])
+        times = json.loads(out.read().decode().strip().splitlines()[-1])
+    return Scenario(
+        f"{n:,} tiny calls, {WORKERS} processes, list input, fresh process",
+        "items/s",
+        True,
+        {k: (n / t if t else None) for k, t in times.items()},
+    )
+
+
+LIST_TIMEOUT = 600
+_LIST_CODE = (
+    "import sys; from benchmarks.scheduler import list_main; sys.exit(list_main(sys.argv[1:]))"
+)
+
+
+def list_main(argv: list[str]) -> int:
+    """In a fresh process: time the list-input row, print its times as JSON."""
+    repeats, n = int(argv[0]), int(argv[1])
     items = list(range(n))
     runners: dict[str, Runner | None] = {
         # chunksize=1000 for ProcessPoolExecutor, as in the range-input row; taskfan sizes
@@ -425,9 +464,5 @@ def tiny_calls_list(repeats: int, n: int) -> Scenario:
         for name in ("taskfan", "Pool.map", "ProcessPoolExecutor.map")
     }
     times = median_times(runners, repeats, _same([square(x) for x in items]))
-    return Scenario(
-        f"{n:,} tiny calls, {WORKERS} processes, list input",
-        "items/s",
-        True,
-        {k: (n / t if t else None) for k, t in times.items()},
-    )
+    print(json.dumps(times), flush=True)
+    return 0

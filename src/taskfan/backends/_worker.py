@@ -3,7 +3,9 @@
 A worker reads calls from its own pipe, runs them item by item, and writes one reply per
 call. Before each item it writes the item's index (and, for timed calls, its start time)
 into a small shared-memory slot, so that when the worker dies or is killed the parent
-knows exactly which item it was running.
+knows exactly which item it was running. Large calls of tiny tasks skip that write (it
+costs as much as the task): if the worker dies in one, the parent sends it again with
+the writes on, to learn which item it was (see UNMARKED).
 
 Messages are bytes: a one-byte kind, then for a call an 8-byte call id and an 8-byte
 item limit, then the pickled body. Functions travel once per worker (kind ``F``), pickled
