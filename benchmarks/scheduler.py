@@ -389,21 +389,31 @@ def cold_start(runs: int, n: int = 100_000) -> Scenario:
 
 def _cold_one(name: str, n: int) -> tuple[float | None, str | None]:
     """Seconds of the first map in a fresh process, or None and what went wrong."""
+    line, problem = _last_line([name, str(n), str(WORKERS)], HARD_TIMEOUT, script=_COLD_SCRIPT)
+    return (None, problem) if line is None else (float(line), None)
+
+
+def _last_line(
+    args: list[str], timeout: float, *, code: str = "", script: str | None = None
+) -> tuple[str | None, str | None]:
+    """Run a child (the file ``script``, else ``code``: see processes._spawn) to its end:
+    the last line it printed, or None and what went wrong (a hang, killed after
+    ``timeout``; an exit code and its last error line)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = _spawn([name, str(n), str(WORKERS)], out, err, script=_COLD_SCRIPT)
+        child = _spawn(args, out, err, code=code, script=script)
         try:
-            child.wait(timeout=HARD_TIMEOUT)
+            child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_all(child)
-            return None, f"hang (killed after {HARD_TIMEOUT:.0f} s)"
+            return None, f"hang (killed after {timeout:.0f} s)"
         _kill_all(child)
         out.seek(0)
         err.seek(0)
-        lines = out.read().decode(errors="replace").split()
+        lines = out.read().decode(errors="replace").strip().splitlines()
         if child.returncode != 0 or not lines:
             last = err.read().decode(errors="replace").strip().splitlines()[-1:]
             return None, f"exit {child.returncode}: {' '.join(last)}"[:120]
-    return float(lines[-1]), None
+    return lines[-1], None
 
 
 def _byte_compile(package: str) -> None:
@@ -424,21 +434,10 @@ def tiny_calls_list(repeats: int, n: int) -> Scenario:
     taskfan would start its workers with the fork server there while Pool forks anyway,
     and each of its workers would import the benchmark package again as its main module.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = _spawn([str(repeats), str(n)], out, err, code=_LIST_CODE)
-        try:
-            child.wait(timeout=LIST_TIMEOUT)
-        except subprocess.TimeoutExpired as late:
-            _kill_all(child)
-            raise RuntimeError(
-                f"the list-input row of {n:,} calls took over {LIST_TIMEOUT} s"
-            ) from late
-        _kill_all(child)
-        out.seek(0)
-        err.seek(0)
-        if child.returncode != 0:
-            raise RuntimeError(err.read().decode(errors="replace").strip()[-2000:])
-        times = json.loads(out.read().decode().strip().splitlines()[-1])
+    line, problem = _last_line([str(repeats), str(n)], LIST_TIMEOUT, code=_LIST_CODE)
+    if line is None:
+        raise RuntimeError(f"the list-input row of {n:,} calls: {problem}")
+    times = json.loads(line)
     return Scenario(
         f"{n:,} tiny calls, {WORKERS} processes, list input, fresh process",
         "items/s",

@@ -145,13 +145,10 @@ class Piece:
         """The piece its task at offset ``i`` ended in: this one, or its last retry's."""
         return self.redone.get(i, self) if self.redone else self
 
-    def cut(self, start: int, stop: int, failed: list[int] | None = None) -> Piece:
-        """The tasks at offsets ``[start, stop)`` as a piece of their own (``failed``:
-        the offsets of its failures, when the caller knows them)."""
+    def cut(self, start: int, stop: int) -> Piece:
+        """The tasks at offsets ``[start, stop)`` as a piece of their own."""
         failures = None
-        if self.failures and failed is not None:
-            failures = {i - start: self.failures[i] for i in failed}
-        elif self.failures:
+        if self.failures:
             failures = {i - start: f for i, f in self.failures.items() if start <= i < stop}
         redone = None
         if self.redone:
@@ -855,22 +852,21 @@ class Engine:
             return
         if piece.seq in holes:
             return  # a retried task tried again: its hole stays open in its first piece
+        assert failures is not None  # what is retried failed
         if self._ordered:
             # In order, what follows a retried task waits for it anyway: the piece stays
             # whole, and each retried task fills its hole when it ends for good.
-            final_ones = {i: f for i, f in (failures or {}).items() if i not in retrying}
-            piece.failures = final_ones or None
-            piece.holes = len(retry)
             for i in retry:
+                del failures[i]
                 holes[piece.seq + i] = piece
-            self._emit(piece)
-            return
-        # Out of order, the piece goes on at once; its retried tasks are gaps in it,
-        # marked RETRIED (consumers pass over them), and come back in pieces of their own.
-        assert failures is not None
-        for i in retry:
-            failures[i] = RETRIED
-        piece.gaps = len(retry)
+            piece.failures = failures or None
+            piece.holes = len(retry)
+        else:
+            # Out of order, the piece goes on at once; its retried tasks are gaps in it,
+            # marked RETRIED (consumers pass over them), and end in pieces of their own.
+            for i in retry:
+                failures[i] = RETRIED
+            piece.gaps = len(retry)
         self._emit(piece)
 
     def _emit(self, piece: Piece) -> None:
