@@ -29,8 +29,13 @@ logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 def quick(i):
     return i * 10
 
+def say(text):
+    # one write per line: lines printed from several threads at once stay whole
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
+
 def stuck(i):
-    print("stuck in", os.getpid(), flush=True)
+    say(f"stuck in {os.getpid()}")
     time.sleep(1000)
 
 if __name__ == "__main__":
@@ -44,9 +49,9 @@ if __name__ == "__main__":
         runner.run()
     except KeyboardInterrupt:
         report = runner.report
-        print("interrupted", json.dumps({"when": time.monotonic(),
-              "kept": {str(k): v for k, v in runner.results.items()},
-              "cancelled": report.cancelled, "total": report.total}), flush=True)
+        say("interrupted " + json.dumps({"when": time.monotonic(),
+            "kept": {str(k): v for k, v in runner.results.items()},
+            "cancelled": report.cancelled, "total": report.total}))
         raise
     print("not interrupted", flush=True)
 """
