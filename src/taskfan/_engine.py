@@ -16,13 +16,11 @@ import contextlib
 import heapq
 import itertools
 import math
-import random
 import sys
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._chunking import ChunkSizer
 from ._clock import Clock, SystemClock
@@ -30,6 +28,7 @@ from ._errors import TaskfanError, TaskTimeout
 from ._interrupts import ctrl_c_deferred
 from ._options import Options, Plan
 from ._outcome import Report
+from ._plain import Plain
 from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
 from .backends._base import (
     Backend,
@@ -41,6 +40,9 @@ from .backends._base import (
     describe_failure,
 )
 from .backends._registry import backend_class
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["Engine", "Feed", "Job", "Piece", "TaskRaisedStopIteration"]
 
@@ -57,29 +59,54 @@ CUT_FLOOR = 0.05
 RETRY_COALESCE = 0.002
 
 
-@dataclass(slots=True)
-class Job:
+class Job(Plain):
     """What to run: the function, how items become calls, the items, their number."""
 
+    __slots__ = ("fn", "mode", "items", "total")
     fn: Callable[..., Any] | None
     mode: int
     items: Iterable[Any]
-    total: int | None = None
+    total: int | None
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None,
+        mode: int,
+        items: Iterable[Any],
+        total: int | None = None,
+    ) -> None:
+        self.fn, self.mode, self.items, self.total = fn, mode, items, total
 
 
-@dataclass(slots=True)
-class Span:
+class Span(Plain):
     """Tasks going to a worker together, on the same attempt number.
 
     They are consecutive from ``seq``, except in a batch of retries: ``positions`` then
     holds each one's place. ``sent`` tells that its attempt was already counted.
     """
 
+    __slots__ = ("seq", "items", "attempt", "positions", "sent")
     seq: int
     items: Sequence[Any]
-    attempt: int = 1
-    positions: list[int] | None = None
-    sent: bool = False
+    attempt: int
+    positions: list[int] | None
+    sent: bool
+
+    def __init__(
+        self,
+        seq: int,
+        items: Sequence[Any],
+        attempt: int = 1,
+        positions: list[int] | None = None,
+        sent: bool = False,
+    ) -> None:
+        self.seq, self.items, self.attempt, self.positions, self.sent = (
+            seq,
+            items,
+            attempt,
+            positions,
+            sent,
+        )
 
     def sub(self, start: int, stop: int) -> Span:
         """Its tasks at offsets ``[start, stop)``."""
@@ -97,14 +124,27 @@ class Span:
         self.seq, self.items, self.positions = kept.seq, kept.items, kept.positions
 
 
-@dataclass(slots=True)
-class Piece:
+class Piece(Plain):
     """Consecutive tasks that ended: values, and failures by offset (value None there).
 
     ``started`` (epoch) and ``duration`` (per item) come from the chunk they ran in.
     ``recorded`` is set on tasks resumed from a journal: their rows there (``_journal``).
     """
 
+    __slots__ = (
+        "seq",
+        "items",
+        "values",
+        "failures",
+        "attempt",
+        "worker",
+        "started",
+        "duration",
+        "recorded",
+        "holes",
+        "gaps",
+        "redone",
+    )
     seq: int
     items: Sequence[Any]
     values: list[Any]
@@ -113,10 +153,29 @@ class Piece:
     worker: str
     started: float
     duration: float
-    recorded: list[tuple[Any, ...]] | None = None
-    holes: int = 0  # retried tasks not yet ended for good (their values are None)
-    gaps: int = 0  # out of order: retried tasks that end in later pieces (see RETRIED)
-    redone: dict[int, Piece] | None = None  # by offset: how a retried task ended
+    recorded: list[tuple[Any, ...]] | None
+    holes: int  # retried tasks not yet ended for good (their values are None)
+    gaps: int  # out of order: retried tasks that end in later pieces (see RETRIED)
+    redone: dict[int, Piece] | None  # by offset: how a retried task ended
+
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        seq: int,
+        items: Sequence[Any],
+        values: list[Any],
+        failures: dict[int, Failure] | None,
+        attempt: int,
+        worker: str,
+        started: float,
+        duration: float,
+        recorded: list[tuple[Any, ...]] | None = None,
+        holes: int = 0,
+        gaps: int = 0,
+        redone: dict[int, Piece] | None = None,
+    ) -> None:
+        self.seq, self.items, self.values, self.failures = seq, items, values, failures
+        self.attempt, self.worker, self.started, self.duration = attempt, worker, started, duration
+        self.recorded, self.holes, self.gaps, self.redone = recorded, holes, gaps, redone
 
     @classmethod
     def of(
@@ -192,7 +251,7 @@ class Engine:
         items = job.items
         self._sequence = items if isinstance(items, list | tuple | range) else None
         self._ordered, self._fail_fast = ordered, fail_fast
-        self._rng = rng or random.Random()
+        self._rng = rng  # made at the first backoff: most runs never draw
         # ``backend`` replaces the registered class (a test's scripted backend).
         make_backend = backend or backend_class(plan.backend)
         self._backend: Backend = make_backend(plan.workers, self.clock)
@@ -923,6 +982,10 @@ class Engine:
         if cap <= 0:
             self._pending.extend(spans)
             return
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random()
         now, draw, ids, timers = self.clock.now(), self._rng.random, self._ids, self._timers
         for span in spans:
             heapq.heappush(timers, (now + draw() * cap, next(ids), span))

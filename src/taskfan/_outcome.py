@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
+
+from ._plain import Frozen
 
 __all__ = ["STATUSES", "Outcome", "Report", "Results", "Status"]
 
@@ -12,23 +13,56 @@ Status = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "timeout", "crashed", "cancelled")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Frozen):
     """How one task ended.
 
     ``started`` is in epoch seconds and ``duration`` in seconds, for the last attempt.
     Tasks that travelled to a worker in one chunk share the chunk's time evenly.
     """
 
+    __slots__ = (
+        "key",
+        "status",
+        "value",
+        "error",
+        "traceback",
+        "attempts",
+        "started",
+        "duration",
+        "worker",
+    )
     key: Hashable
     status: Status
-    value: Any = None
-    error: BaseException | None = None
-    traceback: str | None = None
-    attempts: int = 1
-    started: float = 0.0
-    duration: float = 0.0
-    worker: str = ""
+    value: Any
+    error: BaseException | None
+    traceback: str | None
+    attempts: int
+    started: float
+    duration: float
+    worker: str
+
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        key: Hashable,
+        status: Status,
+        value: Any = None,
+        error: BaseException | None = None,
+        traceback: str | None = None,
+        attempts: int = 1,
+        started: float = 0.0,
+        duration: float = 0.0,
+        worker: str = "",
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "key", key)
+        _set(self, "status", status)
+        _set(self, "value", value)
+        _set(self, "error", error)
+        _set(self, "traceback", traceback)
+        _set(self, "attempts", attempts)
+        _set(self, "started", started)
+        _set(self, "duration", duration)
+        _set(self, "worker", worker)
 
     @property
     def ok(self) -> bool:
@@ -43,8 +77,7 @@ class Outcome:
         raise self.error
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+class Report(Frozen):
     """Counts of a run, as an immutable snapshot.
 
     ``failed`` counts every task that ended without a value (timeouts and crashes
@@ -52,15 +85,49 @@ class Report:
     ``cancelled``. ``retried`` is the number of extra attempts made.
     """
 
-    total: int = 0
-    ok: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    crashed: int = 0
-    cancelled: int = 0
-    retried: int = 0
-    resumed: int = 0
-    elapsed: float = 0.0
+    __slots__ = (
+        "total",
+        "ok",
+        "failed",
+        "timed_out",
+        "crashed",
+        "cancelled",
+        "retried",
+        "resumed",
+        "elapsed",
+    )
+    total: int
+    ok: int
+    failed: int
+    timed_out: int
+    crashed: int
+    cancelled: int
+    retried: int
+    resumed: int
+    elapsed: float
+
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        total: int = 0,
+        ok: int = 0,
+        failed: int = 0,
+        timed_out: int = 0,
+        crashed: int = 0,
+        cancelled: int = 0,
+        retried: int = 0,
+        resumed: int = 0,
+        elapsed: float = 0.0,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "total", total)
+        _set(self, "ok", ok)
+        _set(self, "failed", failed)
+        _set(self, "timed_out", timed_out)
+        _set(self, "crashed", crashed)
+        _set(self, "cancelled", cancelled)
+        _set(self, "retried", retried)
+        _set(self, "resumed", resumed)
+        _set(self, "elapsed", elapsed)
 
     @property
     def tasks_per_s(self) -> float:

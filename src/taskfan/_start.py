@@ -19,7 +19,6 @@ brings two surprises this module deals with once for every user of processes:
 
 from __future__ import annotations
 
-import ast
 import multiprocessing
 import os
 import sys
@@ -136,7 +135,11 @@ def _warn_if_unguarded(main: ModuleType, path: str, method: str) -> None:
     if path in _warned or getattr(multiprocessing.current_process(), "_inheriting", False):
         return
     line = _top_level_line(main)
-    if line is None or _guarded(path, line):
+    if line is None:
+        return
+    from ._guard import guarded  # reads the script with ast: only for such a call
+
+    if guarded(path, line):
         return
     _warned.add(path)
     warnings.warn_explicit(
@@ -161,32 +164,3 @@ def _top_level_line(main: ModuleType) -> int | None:
             return frame.f_lineno
         frame = frame.f_back
     return None
-
-
-def _guarded(path: str, line: int) -> bool:
-    """Is ``line`` of the script inside an ``if __name__ == "__main__":`` block?"""
-    try:
-        with open(path, encoding="utf-8") as source:
-            tree = ast.parse(source.read())
-    except (OSError, SyntaxError, ValueError):
-        return True  # cannot tell: say nothing rather than something wrong
-    for statement in tree.body:
-        end = statement.end_lineno or statement.lineno
-        if statement.lineno <= line <= end:
-            return isinstance(statement, ast.If) and _is_main_test(statement.test)
-    return True
-
-
-def _is_main_test(test: ast.expr) -> bool:
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
-        return False
-    sides = {_name_or_text(test.left), _name_or_text(test.comparators[0])}
-    return isinstance(test.ops[0], ast.Eq) and sides == {"name:__name__", "text:__main__"}
-
-
-def _name_or_text(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return f"name:{node.id}"
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return f"text:{node.value}"
-    return ""

@@ -14,13 +14,13 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar
 
 from .._clock import Clock
 from .._errors import TaskTraceback
 from .._outcome import Status
+from .._plain import Frozen, Plain
 from ._worker import SET_ASIDE
 
 __all__ = [
@@ -48,8 +48,7 @@ KWARGS = 2  # fn(**item)
 FULL = 3  # item is (fn, args, kwargs)
 
 
-@dataclass(slots=True)
-class Call:
+class Call(Plain):
     """One message to a worker: a chunk of items, each its own task.
 
     ``timed`` asks the worker to publish which item it is running and since when, so
@@ -59,13 +58,31 @@ class Call:
     one; nobody ever reads the traceback of such an attempt (see :func:`set_aside`).
     """
 
+    __slots__ = ("id", "fn", "mode", "items", "timed", "expected", "retried")
     id: int
     fn: Callable[..., Any] | None
     mode: int
     items: Sequence[Any]
-    timed: bool = False
-    expected: float | None = None
-    retried: tuple[type[BaseException], ...] = ()
+    timed: bool
+    expected: float | None
+    retried: tuple[type[BaseException], ...]
+
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        id: int,
+        fn: Callable[..., Any] | None,
+        mode: int,
+        items: Sequence[Any],
+        timed: bool = False,
+        expected: float | None = None,
+        retried: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.id, self.fn, self.mode, self.items = id, fn, mode, items
+        self.timed, self.expected, self.retried = timed, expected, retried
+
+    def with_items(self, items: Sequence[Any]) -> Call:
+        """The same call with other items."""
+        return Call(self.id, self.fn, self.mode, items, self.timed, self.expected, self.retried)
 
 
 class Failure:
@@ -122,8 +139,7 @@ class Failure:
         self._traceback = text
 
 
-@dataclass(slots=True)
-class Done:
+class Done(Plain):
     """What came back of one :class:`Call`.
 
     Items ``[0, len(values))`` ran: each has its value, or an entry in ``errors`` (its
@@ -135,18 +151,32 @@ class Done:
     short (see :meth:`Backend.cut_short`); the call's own Done follows.
     """
 
+    __slots__ = ("call_id", "values", "errors", "stopped", "worker", "started", "elapsed", "cut")
     call_id: int
     values: list[Any]
-    errors: dict[int, Failure] | None = None
-    stopped: tuple[int, Failure] | None = None
-    worker: str = ""
-    started: float = 0.0
-    elapsed: float = 0.0
-    cut: Cut | None = None
+    errors: dict[int, Failure] | None
+    stopped: tuple[int, Failure] | None
+    worker: str
+    started: float
+    elapsed: float
+    cut: Cut | None
+
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        call_id: int,
+        values: list[Any],
+        errors: dict[int, Failure] | None = None,
+        stopped: tuple[int, Failure] | None = None,
+        worker: str = "",
+        started: float = 0.0,
+        elapsed: float = 0.0,
+        cut: Cut | None = None,
+    ) -> None:
+        self.call_id, self.values, self.errors, self.stopped = call_id, values, errors, stopped
+        self.worker, self.started, self.elapsed, self.cut = worker, started, elapsed, cut
 
 
-@dataclass(slots=True)
-class Cut:
+class Cut(Plain):
     """A running call cut short: its worker runs none of its items from ``limit`` on.
 
     ``values`` and ``errors`` are its first items, already ended (they are settled at
@@ -154,6 +184,7 @@ class Cut:
     are when the call started on ``worker``.
     """
 
+    __slots__ = ("limit", "values", "errors", "worker", "began", "started")
     limit: int
     values: list[Any]
     errors: dict[int, Failure] | None
@@ -161,15 +192,38 @@ class Cut:
     began: float
     started: float
 
+    def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
+        self,
+        limit: int,
+        values: list[Any],
+        errors: dict[int, Failure] | None,
+        worker: str,
+        began: float,
+        started: float,
+    ) -> None:
+        self.limit, self.values, self.errors = limit, values, errors
+        self.worker, self.began, self.started = worker, began, started
 
-@dataclass(frozen=True, slots=True)
-class Setup:
+
+class Setup(Frozen):
     """How each worker is prepared: ``initializer(*initargs)`` once before its first task;
     a process worker is replaced after ``max_tasks_per_worker`` tasks."""
 
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_worker: int | None = None
+    __slots__ = ("initializer", "initargs", "max_tasks_per_worker")
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_worker: int | None
+
+    def __init__(
+        self,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "initializer", initializer)
+        _set(self, "initargs", initargs)
+        _set(self, "max_tasks_per_worker", max_tasks_per_worker)
 
 
 Mark = Callable[[int], bool]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import dataclasses
 import io
 import itertools
 import multiprocessing
@@ -479,7 +478,7 @@ class ProcessBackend(Backend):
         flags = (sent.flags | flag) & ~drop
         call = sent.call
         if sent.cut is not None:  # items past the cut went to other workers
-            call = dataclasses.replace(call, items=call.items[: sent.cut])
+            call = call.with_items(call.items[: sent.cut])
         body = self._encode(call, sent.fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)

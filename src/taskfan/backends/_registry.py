@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .._plain import Frozen
 
 if TYPE_CHECKING:
     from ._base import Backend
@@ -29,8 +30,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True, slots=True)
-class Registration:
+class Registration(Frozen):
     """A backend's entry.
 
     ``in_process``: tasks run in the calling process (they share its memory).
@@ -41,17 +41,58 @@ class Registration:
     be used here (not built yet, an optional dependency not installed), or None.
     """
 
+    __slots__ = (
+        "name",
+        "module",
+        "cls",
+        "default_workers",
+        "in_process",
+        "local",
+        "many_workers",
+        "timeouts",
+        "coroutines",
+        "own_options",
+        "missing",
+    )
     name: str
     module: str
     cls: str
     default_workers: Callable[[], int]
-    in_process: bool = True
-    local: bool = True
-    many_workers: bool = True
-    timeouts: bool = True
-    coroutines: bool = False
-    own_options: frozenset[str] = frozenset()
-    missing: str | None = None
+    in_process: bool
+    local: bool
+    many_workers: bool
+    timeouts: bool
+    coroutines: bool
+    own_options: frozenset[str]
+    missing: str | None
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        cls: str,
+        default_workers: Callable[[], int],
+        *,
+        in_process: bool = True,
+        local: bool = True,
+        many_workers: bool = True,
+        timeouts: bool = True,
+        coroutines: bool = False,
+        own_options: frozenset[str] = frozenset(),
+        missing: str | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "module", module)
+        _set(self, "cls", cls)
+        _set(self, "default_workers", default_workers)
+        _set(self, "in_process", in_process)
+        _set(self, "local", local)
+        _set(self, "many_workers", many_workers)
+        _set(self, "timeouts", timeouts)
+        _set(self, "coroutines", coroutines)
+        _set(self, "own_options", own_options)
+        _set(self, "missing", missing)
 
     def load(self) -> type[Backend]:
         """The backend class (its module is imported now)."""
