@@ -410,14 +410,31 @@ def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
 def test_a_worker_starts_without_the_engines_imports() -> None:
     # The fork server imports the worker module (and what rebuilds a worker's start
     # arguments) before it forks any worker, on the clock of the first call. The
-    # engine's side (dataclasses and the code they generate), traceback and cloudpickle
-    # must wait until a worker needs them.
+    # engine's side (its records, its options), traceback and cloudpickle must wait
+    # until a worker needs them.
     code = (
         "import sys, multiprocessing.forkserver\n"
         "from taskfan._start import _WORKER_MODULES\n"
         "for name in _WORKER_MODULES: __import__(name)\n"
         "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle',\n"
         "         'taskfan.backends._base', 'taskfan._outcome', 'taskfan._engine')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_first_call_imports_nothing_it_does_not_use(backend: str) -> None:
+    # A program's first call pays for every import on its way, before its first worker
+    # starts: dataclasses (which brings inspect), ast and difflib cost about a third of
+    # it, and a call of a plain function needs none of them (see taskfan._plain).
+    code = (
+        "import sys, taskfan\n"
+        f"assert taskfan.map(abs, [-1, -2, -3], backend={backend!r}, workers=2) == [1, 2, 3]\n"
+        "heavy = ('dataclasses', 'inspect', 'ast', 'difflib')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )
     out = subprocess.run(

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from types import FunctionType, MethodType
+from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any, Literal
 
 from ._plain import Frozen
@@ -421,6 +421,8 @@ def is_async_callable(fn: object) -> bool:
         # inspect.iscoroutinefunction reads, read here, so that a call of a plain function
         # does not import inspect (about 8 ms of the first call)
         return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    if isinstance(fn, BuiltinFunctionType):  # abs, len, a C function: never async
+        return False
     import inspect
 
     if inspect.iscoroutinefunction(fn):
