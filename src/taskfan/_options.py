@@ -25,7 +25,8 @@ _RATE_UNITS = {
     "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
     "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
 }  # fmt: skip
-_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+)\s*$")
+# (patterns, not compiled at import: re compiles and caches them at their first use)
+_RATE_RE = r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+)\s*$"
 
 ProgressMode = bool | None | Literal["log"]
 
@@ -204,7 +205,7 @@ def parse_rate(value: Any) -> float | None:
     if _is_number(value) and 0 < value < float("inf"):
         return float(value)
     if isinstance(value, str):
-        match = _RATE_RE.match(value.lower())
+        match = re.match(_RATE_RE, value.lower())
         if match and match.group(2) not in _RATE_UNITS:
             raise ValueError(
                 f"rate {value!r}: unknown unit {match.group(2)!r}; use s, min or h "
@@ -250,7 +251,7 @@ _BYTE_UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
-_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$")
+_BYTES_RE = r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$"
 
 
 def parse_bytes(name: str, value: Any) -> int:
@@ -258,7 +259,7 @@ def parse_bytes(name: str, value: Any) -> int:
     if _is_int(value) and value >= 1:
         return int(value)
     if isinstance(value, str):
-        match = _BYTES_RE.match(value.lower())
+        match = re.match(_BYTES_RE, value.lower())
         if match and (match.group(2) or "b") in _BYTE_UNITS:
             size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or "b"])
             if size >= 1:

@@ -101,12 +101,12 @@ def _preload_worker() -> None:
 
 
 #: What a worker imports before it serves its first call: its own loop, and what
-#: rebuilds its start arguments (pipes handed over by the fork server, the shared slots:
-#: ctypes). Imported once in the server, these cost a worker nothing after its fork.
+#: rebuilds its start arguments (pipes handed over by the fork server, the shared slots'
+#: memory). Imported once in the server, these cost a worker nothing after its fork.
 _WORKER_MODULES = (
     "taskfan.backends._worker",
     "multiprocessing.popen_forkserver",
-    "multiprocessing.sharedctypes",
+    "multiprocessing.heap",
 )
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from queue import Empty, SimpleQueue
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._clock import Clock
 from .._errors import TaskTraceback
 from .._outcome import Status
 from .._plain import Frozen, Plain
 from ._worker import SET_ASIDE
+
+if TYPE_CHECKING:
+    import traceback
 
 __all__ = [
     "FULL",
@@ -247,6 +249,8 @@ def where_stuck(thread_id: int | None, failure: Failure) -> None:
     frame = sys._current_frames().get(thread_id) if thread_id is not None else None
     if frame is None:
         return
+    import traceback  # (a timeout's path only: a first call need not import it)
+
     ours = os.path.dirname(os.path.dirname(__file__))
     frames = [
         f
@@ -258,6 +262,8 @@ def where_stuck(thread_id: int | None, failure: Failure) -> None:
 
 def _where(failure: Failure, frames: list[traceback.FrameSummary]) -> None:
     """Give a timed-out ``failure`` the frames where its task was as its traceback."""
+    import traceback
+
     text = (
         "Where the task was when its timeout passed (most recent call last):\n"
         + "".join(traceback.format_list(frames))
@@ -269,6 +275,8 @@ def _where(failure: Failure, frames: list[traceback.FrameSummary]) -> None:
 
 def where_awaiting(coroutine: Any, failure: Failure) -> None:
     """Attach to ``failure`` where a timed-out coroutine was waiting (its await chain)."""
+    import traceback
+
     frames = []
     current = coroutine
     while current is not None:
@@ -293,6 +301,8 @@ def capture(error: BaseException) -> Failure:
     def text() -> str:
         # Formatted when first read, with the exception's own cause: by then __cause__
         # holds the TaskTraceback that reads this very text.
+        import traceback
+
         ours = error.__cause__, error.__suppress_context__
         error.__cause__, error.__suppress_context__ = cause, suppress
         try:

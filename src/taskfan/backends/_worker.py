@@ -209,7 +209,7 @@ def worker_main(spec: WorkerSpec) -> None:
         # Before it kills us for a timeout, the parent asks where the task is stuck; the
         # dump is written from C, so it works even inside a long call holding the GIL.
         faulthandler.register(signal.SIGUSR1, file=spec.dump.fileno(), all_threads=True)
-    marks = memoryview(spec.slots).cast("B").cast("q")
+    marks = spec.slots.create_memoryview().cast("q")
     base = spec.slot * SLOT_FIELDS
     broken = _initialize(spec.init_blob)
     loop = _Loop(spec.conn, marks, base, broken)
