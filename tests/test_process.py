@@ -469,6 +469,46 @@ if __name__ == "__main__":
 """
 
 
+_WARM_UP_SCRIPT = """
+import sys, threading
+from multiprocessing import util
+import taskfan
+
+seen = []
+spawn = util.spawnv_passfds
+
+def spy(*args):  # what starts the fork server (and the resource tracker before it)
+    seen.append("taskfan._engine" in sys.modules)
+    return spawn(*args)
+
+util.spawnv_passfds = spy
+
+def triple(x):
+    return 3 * x
+
+if __name__ == "__main__":
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait)  # a second thread: forkserver
+    helper.start()
+    assert taskfan.map(triple, [1, 2], backend="process", workers=2) == [3, 6]
+    release.set()
+    helper.join()
+    print(seen[0])
+"""
+
+
+def test_the_fork_server_boots_while_the_first_call_imports_the_engine(tmp_path: Path) -> None:
+    # Its boot (a fresh Python, multiprocessing, the worker's code) is the longest part of
+    # a program's first process call: it starts before the engine is imported, so that
+    # both go on at once (see _start.warm_up).
+    script = tmp_path / "warm.py"
+    script.write_text(_WARM_UP_SCRIPT)
+    run = [sys.executable, str(script)]
+    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("kind", ["lambda", "function"])
 def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
     kind: str, tmp_path: Path

@@ -13,12 +13,16 @@ from collections.abc import (
     Mapping,
 )
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._engine import RETRIED, Engine, Job, Piece, TaskRaisedStopIteration
+from ._errors import TaskRaisedStopIteration
 from ._options import Options, Plan, check_flag, is_async_callable, make_options, plan
 from ._outcome import Outcome, Report, Results
-from .backends._base import FULL, KWARGS, SINGLE, STAR
+from .backends._base import FULL, KWARGS, RETRIED, SINGLE, STAR
+from .backends._registry import registration
+
+if TYPE_CHECKING:
+    from ._engine import Engine, Piece
 
 __all__ = ["Parallelized", "ResultIterator", "Runner", "imap", "map", "starmap"]
 
@@ -87,11 +91,23 @@ def _engine(
     total: int | None = None,
     chosen: Plan | None = None,
 ) -> Engine:
-    job = Job(fn, mode, _checked_items(items), _length(items) if total is None else total)
+    checked = _checked_items(items)
+    if total is None:
+        total = _length(items)
     if fail_fast is None:
         fail_fast = opts.errors == "raise"
     if chosen is None:
         chosen = plan(opts, probe or fn)
+    entry = registration(chosen.backend)
+    if entry.local and not entry.in_process:
+        # Worker processes: their fork server (if they come from one) boots meanwhile,
+        # while this call imports and sets up the engine (see _start.warm_up)
+        from ._start import warm_up
+
+        warm_up(fn)
+    from ._engine import Engine, Job
+
+    job = Job(fn, mode, checked, total)
     if opts.journal is None:
         return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
     from ._records import describe_function

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._chunking import ChunkSizer
 from ._clock import Clock, SystemClock
-from ._errors import TaskfanError, TaskTimeout
+from ._errors import TaskfanError, TaskRaisedStopIteration, TaskTimeout
 from ._interrupts import ctrl_c_deferred
 from ._options import Options, Plan
 from ._outcome import Report
 from ._plain import Plain
 from ._progress import BarObserver, NullBar, Observer, Tally, make_observers
 from .backends._base import (
+    RETRIED,
     Backend,
     Call,
     Cut,
@@ -991,23 +992,6 @@ class Engine:
             heapq.heappush(timers, (now + draw() * cap, next(ids), span))
 
 
-class TaskRaisedStopIteration(RuntimeError):
-    """Carries a task's StopIteration out of an iterator, which would otherwise end there.
-
-    Raised inside a generator, a StopIteration becomes a bare ``RuntimeError`` (PEP 479);
-    raised from ``next()``, it would end the caller's loop as if the results had run out.
-    ``map`` unwraps it and raises the task's own StopIteration; ``imap`` raises this.
-    """
-
-    def __init__(self, error: StopIteration) -> None:
-        super().__init__(
-            "a task raised StopIteration; it is this error's __cause__ (raised from an "
-            "iterator as itself, it would silently end the loop over the results)"
-        )
-        self.error = error
-        self.__cause__ = error
-
-
 def _weigh(values: list[Any]) -> int:
     """Bytes that ``values`` hold, estimated from a sample (one level into containers)."""
     n = len(values)
@@ -1041,11 +1025,6 @@ def _without_first(done: Done, k: int) -> Done:
         stopped = (done.stopped[0] - k, done.stopped[1])
     elapsed = done.elapsed * (len(done.values) - k) / len(done.values) if done.values else 0.0
     return Done(done.call_id, done.values[k:], errors, stopped, done.worker, done.started, elapsed)
-
-
-#: In a piece yielded out of order, the failure at the offset of a task that is being
-#: retried: not an outcome (the task ends in a later piece), so every consumer skips it.
-RETRIED = Failure(TaskfanError("this attempt is retried; its task ends later"), "", retry=False)
 
 
 def _raisable(error: BaseException) -> BaseException:

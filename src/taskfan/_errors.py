@@ -21,6 +21,7 @@ from collections.abc import Callable
 __all__ = [
     "Cancelled",
     "TaskError",
+    "TaskRaisedStopIteration",
     "TaskTimeout",
     "TaskTraceback",
     "TaskfanError",
@@ -147,3 +148,20 @@ def rebuild_error(blob: bytes | None, type_name: str, message: str) -> BaseExcep
         if isinstance(error, BaseException):
             return error
     return TaskError(type_name, message)
+
+
+class TaskRaisedStopIteration(RuntimeError):
+    """Carries a task's StopIteration out of an iterator, which would otherwise end there.
+
+    Raised inside a generator, a StopIteration becomes a bare ``RuntimeError`` (PEP 479);
+    raised from ``next()``, it would end the caller's loop as if the results had run out.
+    ``map`` unwraps it and raises the task's own StopIteration; ``imap`` raises this.
+    """
+
+    def __init__(self, error: StopIteration) -> None:
+        super().__init__(
+            "a task raised StopIteration; it is this error's __cause__ (raised from an "
+            "iterator as itself, it would silently end the loop over the results)"
+        )
+        self.error = error
+        self.__cause__ = error

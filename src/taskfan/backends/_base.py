@@ -17,7 +17,7 @@ from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._clock import Clock
-from .._errors import TaskTraceback
+from .._errors import TaskfanError, TaskTraceback
 from .._outcome import Status
 from .._plain import Frozen, Plain
 from ._worker import SET_ASIDE
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FULL",
     "KWARGS",
+    "RETRIED",
     "SINGLE",
     "STAR",
     "Backend",
@@ -139,6 +140,11 @@ class Failure:
     @traceback.setter
     def traceback(self, text: str) -> None:
         self._traceback = text
+
+
+#: In a piece yielded out of order, the failure at the offset of a task that is being
+#: retried: not an outcome (the task ends in a later piece), so every consumer skips it.
+RETRIED = Failure(TaskfanError("this attempt is retried; its task ends later"), "", retry=False)
 
 
 class Done(Plain):

@@ -40,7 +40,7 @@ from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
-from .._start import main_file, start_method, starting
+from .._start import importable, start_method, starting
 from ._base import Backend, Call, Cut, Done, Failure, Setup, describe_failure
 from ._worker import (
     CALL_ID,
@@ -93,20 +93,12 @@ def dumps_callable(payload: Any, fn: Callable[..., Any]) -> bytes:
     (cloudpickle) only for what cannot be imported: lambdas, closures, nested functions,
     and the functions of an interactive session.
     """
-    if _importable(fn):
+    if importable(fn):
         try:
             return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             pass
     return dumps_by_value(payload)
-
-
-def _importable(fn: Callable[..., Any]) -> bool:
-    if getattr(fn, "__module__", None) != "__main__":
-        return True
-    # Workers re-import the main script from its file (spawn, forkserver) or inherit it
-    # (fork); an interactive session, -c or standard input has no file to import from.
-    return main_file() is not None
 
 
 class _Sent:
