@@ -17,7 +17,10 @@ import types
 from collections import ChainMap
 from collections.abc import Callable
 from functools import cache
-from typing import Any, ClassVar
+
+TYPE_CHECKING = False  # (not typing's: see backends._worker, which imports this module)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 __all__ = ["dumps_by_value"]
 
