@@ -535,9 +535,10 @@ def _described(error: BaseException, text: str | Trace, retry: bool) -> ErrorRec
     blob: bytes | None
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
     except Exception:
         blob = None
+    # (Some exceptions pickle but cannot be rebuilt: rebuild_error, where it is read,
+    # then makes a TaskError of the type's name and message, as for blob None.)
     kind = type(error)
     return blob, f"{kind.__module__}.{kind.__qualname__}", str(error), text, retry
 
