@@ -410,15 +410,13 @@ def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
 def test_a_worker_starts_without_the_engines_imports() -> None:
     # The fork server imports the worker module (and what rebuilds a worker's start
     # arguments) before it forks any worker, on the clock of the first call. The
-    # engine's side (its records, its options), traceback, cloudpickle and typing (the
-    # package's annotations need it only when type-checked) must wait until a worker
-    # needs them.
-    from taskfan._start import _WORKER_MODULES
-
+    # engine's side (its records, its options), traceback and cloudpickle must wait
+    # until a worker needs them.
     code = (
         "import sys, multiprocessing.forkserver\n"
-        f"for name in {_WORKER_MODULES!r}: __import__(name)\n"
-        "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle', 'typing',\n"
+        "from taskfan._start import _WORKER_MODULES\n"
+        "for name in _WORKER_MODULES: __import__(name)\n"
+        "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle',\n"
         "         'taskfan.backends._base', 'taskfan._outcome', 'taskfan._engine')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )

@@ -6,6 +6,7 @@ runs tasks, then starts without importing the engine and the fronts (about 50 ms
 """
 
 import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -76,10 +77,7 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-# (not typing.TYPE_CHECKING: a worker process imports this package, and typing with it
-# would cost its fork server about 4 ms of boot; mypy reads a constant of this name alike)
-TYPE_CHECKING = False
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._aio import AsyncResultIterator, aimap, amap
     from ._api import Parallelized, ResultIterator, Runner, imap, map, starmap
     from ._args import add_arguments, options_from_args
@@ -94,4 +92,3 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._outcome import Outcome, Report, Results
     from ._safe import SafeCounter, SafeDict
-del TYPE_CHECKING  # not one of taskfan's names

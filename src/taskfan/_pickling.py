@@ -17,10 +17,7 @@ import types
 from collections import ChainMap
 from collections.abc import Callable
 from functools import cache
-
-TYPE_CHECKING = False  # (not typing's: see backends._worker, which imports this module)
-if TYPE_CHECKING:
-    from typing import Any, ClassVar
+from typing import Any, ClassVar
 
 __all__ = ["dumps_by_value"]
 

@@ -25,15 +25,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._pickling import dumps_by_value
 
-# (not typing.TYPE_CHECKING: typing is about 4 ms more of the fork server's boot, which
-# the first process call waits for; mypy reads a constant of this name the same way)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ._base import Failure
     from ._trace import Trace
 
@@ -184,37 +180,18 @@ def _failure(record: ErrorRecord) -> Failure:
 # --- worker side ---------------------------------------------------------------------------
 
 
-class WorkerSpec:
+class WorkerSpec(NamedTuple):
     """What a worker process is started with (pipes travel as multiprocessing handles)."""
 
-    __slots__ = (
-        "conn",
-        "control",
-        "dump",
-        "init_blob",
-        "lifeline",
-        "lifeline_writer",
-        "max_tasks",
-        "slot",
-        "slots",
-    )
-
-    def __init__(  # noqa: PLR0917 - built positionally, as the NamedTuple it was
-        self,
-        conn: Any,
-        lifeline: Any,
-        lifeline_writer: Any,
-        slots: Any,
-        slot: int,
-        init_blob: bytes | None,
-        max_tasks: int | None,
-        dump: Any = None,
-        control: Any = None,
-    ) -> None:
-        self.conn, self.lifeline, self.lifeline_writer = conn, lifeline, lifeline_writer
-        self.slots, self.slot, self.init_blob, self.max_tasks = slots, slot, init_blob, max_tasks
-        self.dump = dump  # where faulthandler writes this worker's stacks on SIGUSR1
-        self.control = control  # the parent asks here to cut a call short (see _serve_cuts)
+    conn: Any
+    lifeline: Any
+    lifeline_writer: Any
+    slots: Any
+    slot: int
+    init_blob: bytes | None
+    max_tasks: int | None
+    dump: Any = None  # where faulthandler writes this worker's stacks on SIGUSR1
+    control: Any = None  # the parent asks here to cut a call short (see _serve_cuts)
 
 
 def worker_main(spec: WorkerSpec) -> None:
