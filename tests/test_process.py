@@ -426,6 +426,26 @@ def test_a_worker_starts_without_the_engines_imports() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_a_worker_imports_its_main_script_again_without_new_imports(tmp_path: Path) -> None:
+    # A fork server's worker runs the main script again (runpy.run_path, as __mp_main__)
+    # before its first task: what that imports must be in the server already, or every
+    # worker imports it after its fork (pkgutil and typing: about 5 ms each).
+    script = tmp_path / "main.py"
+    script.write_text("import sys\n\ndef task(x):\n    return x\n")
+    code = (
+        "import sys, runpy, multiprocessing.forkserver\n"
+        "from taskfan._start import _WORKER_MODULES\n"
+        "for name in _WORKER_MODULES: __import__(name)\n"
+        "before = set(sys.modules)\n"
+        f"runpy.run_path({str(script)!r}, run_name='__mp_main__')\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_a_first_call_imports_nothing_it_does_not_use(backend: str) -> None:
     # A program's first call pays for every import on its way, before its first worker

@@ -141,13 +141,16 @@ def _preload_worker(by_value: bool) -> None:
         pass
 
 
-#: What a worker imports before it serves its first call: its own loop, and what
-#: rebuilds its start arguments (pipes handed over by the fork server, the shared slots'
-#: memory). Imported once in the server, these cost a worker nothing after its fork.
+#: What a worker imports before it serves its first call: its own loop, what rebuilds its
+#: start arguments (pipes handed over by the fork server, the shared slots' memory), and
+#: what imports the main script again as ``__mp_main__`` (runpy.run_path asks pkgutil,
+#: which imports typing: about 5 ms, in every worker, before its first task). Imported
+#: once in the server, these cost a worker nothing after its fork.
 _WORKER_MODULES = (
     "taskfan.backends._worker",
     "multiprocessing.popen_forkserver",
     "multiprocessing.heap",
+    "pkgutil",
 )
 
 
