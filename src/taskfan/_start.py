@@ -33,6 +33,7 @@ from typing import Any
 __all__ = ["importable", "main_file", "start_method", "starting", "warm_up"]
 
 _warned: set[str] = set()  # scripts already warned about, so it is said once
+_looked_at: set[tuple[str, int]] = set()  # (script, line) already checked for a guard
 
 
 def start_method() -> str:
@@ -165,8 +166,9 @@ def _main_for(method: str) -> Iterator[None]:
         yield
         return
     if main_file() is not None:
-        _warn_if_unguarded(main, path, method)
         yield
+        # (after the start, so that the new process does not wait while the script is read)
+        _warn_if_unguarded(main, path, method)
         return
     del main.__file__  # "<stdin>" and the like: nothing to import, see the docstring
     try:
@@ -179,8 +181,9 @@ def _warn_if_unguarded(main: ModuleType, path: str, method: str) -> None:
     if path in _warned or getattr(multiprocessing.current_process(), "_inheriting", False):
         return
     line = _top_level_line(main)
-    if line is None:
+    if line is None or (path, line) in _looked_at:
         return
+    _looked_at.add((path, line))  # (every worker's start comes here: the script is read once)
     from ._guard import guarded  # reads the script with ast: only for such a call
 
     if guarded(path, line):
