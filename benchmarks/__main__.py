@@ -156,7 +156,9 @@ def _tail_repeats(repeats: int) -> int:
 
 
 def _cold_runs(repeats: int) -> int:
-    return max(3, min(5, repeats))
+    # each run is a fresh process of a fraction of a second, and the first call of a
+    # program is the row most sensitive to this machine's drift: three times the repeats
+    return max(3, 3 * repeats)
 
 
 def _cpu_repeats(repeats: int) -> int:
