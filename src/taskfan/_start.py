@@ -82,6 +82,8 @@ def warm_up(fn: Callable[..., Any] | None) -> None:
         return
     from multiprocessing import forkserver
 
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
+        return  # it runs already (the first worker's start checks that it is alive)
     with starting("forkserver", by_value=fn is not None and _by_value(fn)):
         forkserver.ensure_running()
 
