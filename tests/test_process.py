@@ -489,56 +489,47 @@ if __name__ == "__main__":
 """
 
 
-_WARM_UP_SCRIPT = """
-import sys, threading
+# Prepended to _PRELOAD_SCRIPT: notes, when the first process starts (the resource tracker,
+# then the fork server), whether the engine was imported already; says it at exit.
+_SPY_ON_THE_FIRST_START = """
+import atexit, sys
 from multiprocessing import util
-import taskfan
 
 seen = []
 spawn = util.spawnv_passfds
 
-def spy(*args):  # what starts the fork server (and the resource tracker before it)
+def spy(*args):
     seen.append("taskfan._engine" in sys.modules)
     return spawn(*args)
 
 util.spawnv_passfds = spy
-
-def triple(x):
-    return 3 * x
-
-if __name__ == "__main__":
-    release = threading.Event()
-    helper = threading.Thread(target=release.wait)  # a second thread: forkserver
-    helper.start()
-    assert taskfan.map(triple, [1, 2], backend="process", workers=2) == [3, 6]
-    release.set()
-    helper.join()
-    print(seen[0])
+atexit.register(lambda: print("engine-imported-first:", seen[0]))
 """
+
+
+def _run_script(tmp_path: Path, text: str, *args: str) -> list[str]:
+    """Run ``text`` as a script (the fork server imports it again); its output's words."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    run = [sys.executable, str(script), *args]
+    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
 
 
 def test_the_fork_server_boots_while_the_first_call_imports_the_engine(tmp_path: Path) -> None:
     # Its boot (a fresh Python, multiprocessing, the worker's code) is the longest part of
     # a program's first process call: it starts before the engine is imported, so that
     # both go on at once (see _start.warm_up).
-    script = tmp_path / "warm.py"
-    script.write_text(_WARM_UP_SCRIPT)
-    run = [sys.executable, str(script)]
-    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False"], out.stdout + out.stderr
+    words = _run_script(tmp_path, _SPY_ON_THE_FIRST_START + _PRELOAD_SCRIPT, "function")
+    assert words[-2:] == ["engine-imported-first:", "False"], words
 
 
 @pytest.mark.parametrize("kind", ["lambda", "function"])
 def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
     kind: str, tmp_path: Path
 ) -> None:
-    script = tmp_path / "preload.py"
-    script.write_text(_PRELOAD_SCRIPT)
-    run = [sys.executable, str(script), kind]
-    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    preloaded = out.stdout.split()
+    preloaded = _run_script(tmp_path, _PRELOAD_SCRIPT, kind)
     assert "taskfan.backends._worker" in preloaded
     assert ("cloudpickle" in preloaded) == (kind == "lambda"), preloaded
 
