@@ -91,8 +91,7 @@ class Options(Frozen):
         unknown = set(given) - set(_DEFAULTS)
         if unknown:
             raise TypeError(f"Options() got unknown fields: {', '.join(sorted(unknown))}")
-        for name, default in _DEFAULTS.items():
-            object.__setattr__(self, name, given.get(name, default))
+        self._fill(*(given.get(name, default) for name, default in _DEFAULTS.items()))
 
 
 def make_options(where: str, given: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> Options:
@@ -384,8 +383,7 @@ class Plan(Frozen):
     workers: int
 
     def __init__(self, backend: str, workers: int) -> None:
-        object.__setattr__(self, "backend", backend)
-        object.__setattr__(self, "workers", workers)
+        self._fill(backend, workers)
 
 
 def plan(options: Options, fn: Callable[..., object] | None) -> Plan:

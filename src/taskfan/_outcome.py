@@ -53,6 +53,8 @@ class Outcome(Frozen):
         duration: float = 0.0,
         worker: str = "",
     ) -> None:
+        # One per task: set field by field, not through Plain._fill's loop (1.7 us more
+        # per outcome here, a sixth of a second for the outcomes of 100,000 tiny tasks)
         _set = object.__setattr__
         _set(self, "key", key)
         _set(self, "status", status)
@@ -118,16 +120,7 @@ class Report(Frozen):
         resumed: int = 0,
         elapsed: float = 0.0,
     ) -> None:
-        _set = object.__setattr__
-        _set(self, "total", total)
-        _set(self, "ok", ok)
-        _set(self, "failed", failed)
-        _set(self, "timed_out", timed_out)
-        _set(self, "crashed", crashed)
-        _set(self, "cancelled", cancelled)
-        _set(self, "retried", retried)
-        _set(self, "resumed", resumed)
-        _set(self, "elapsed", elapsed)
+        self._fill(total, ok, failed, timed_out, crashed, cancelled, retried, resumed, elapsed)
 
     @property
     def tasks_per_s(self) -> float:

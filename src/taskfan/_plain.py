@@ -26,6 +26,11 @@ class Plain:
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
+    def _fill(self, *values: Any) -> None:
+        """Set every field, in ``__slots__`` order (a Frozen's ``__init__`` does so)."""
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"{type(self).__qualname__}({shown})"
@@ -42,7 +47,7 @@ class Plain:
 
 
 class Frozen(Plain):
-    """An immutable record: its ``__init__`` sets fields with ``object.__setattr__``."""
+    """An immutable record: its ``__init__`` sets its fields with :meth:`Plain._fill`."""
 
     __slots__ = ()
 
@@ -58,6 +63,5 @@ class Frozen(Plain):
 
 def _rebuild(cls: type[Plain], values: tuple[Any, ...]) -> Plain:
     record = cls.__new__(cls)
-    for name, value in zip(cls.__slots__, values, strict=True):
-        object.__setattr__(record, name, value)
+    record._fill(*values)
     return record

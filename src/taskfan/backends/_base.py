@@ -228,10 +228,7 @@ class Setup(Frozen):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
     ) -> None:
-        _set = object.__setattr__
-        _set(self, "initializer", initializer)
-        _set(self, "initargs", initargs)
-        _set(self, "max_tasks_per_worker", max_tasks_per_worker)
+        self._fill(initializer, initargs, max_tasks_per_worker)
 
 
 Mark = Callable[[int], bool]

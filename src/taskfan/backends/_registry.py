@@ -81,18 +81,19 @@ class Registration(Frozen):
         own_options: frozenset[str] = frozenset(),
         missing: str | None = None,
     ) -> None:
-        _set = object.__setattr__
-        _set(self, "name", name)
-        _set(self, "module", module)
-        _set(self, "cls", cls)
-        _set(self, "default_workers", default_workers)
-        _set(self, "in_process", in_process)
-        _set(self, "local", local)
-        _set(self, "many_workers", many_workers)
-        _set(self, "timeouts", timeouts)
-        _set(self, "coroutines", coroutines)
-        _set(self, "own_options", own_options)
-        _set(self, "missing", missing)
+        self._fill(
+            name,
+            module,
+            cls,
+            default_workers,
+            in_process,
+            local,
+            many_workers,
+            timeouts,
+            coroutines,
+            own_options,
+            missing,
+        )
 
     def load(self) -> type[Backend]:
         """The backend class (its module is imported now)."""
