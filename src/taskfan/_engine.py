@@ -101,13 +101,8 @@ class Span(Plain):
         positions: list[int] | None = None,
         sent: bool = False,
     ) -> None:
-        self.seq, self.items, self.attempt, self.positions, self.sent = (
-            seq,
-            items,
-            attempt,
-            positions,
-            sent,
-        )
+        self.seq, self.items, self.attempt = seq, items, attempt
+        self.positions, self.sent = positions, sent
 
     def sub(self, start: int, stop: int) -> Span:
         """Its tasks at offsets ``[start, stop)``."""

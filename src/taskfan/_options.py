@@ -26,7 +26,7 @@ _RATE_UNITS = {
     "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
 }  # fmt: skip
 # (patterns, not compiled at import: re compiles and caches them at their first use)
-_RATE_RE = r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+)\s*$"
+_RATE_PATTERN = r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([a-z]+)\s*$"
 
 ProgressMode = bool | None | Literal["log"]
 
@@ -204,7 +204,7 @@ def parse_rate(value: Any) -> float | None:
     if _is_number(value) and 0 < value < float("inf"):
         return float(value)
     if isinstance(value, str):
-        match = re.match(_RATE_RE, value.lower())
+        match = re.match(_RATE_PATTERN, value.lower())
         if match and match.group(2) not in _RATE_UNITS:
             raise ValueError(
                 f"rate {value!r}: unknown unit {match.group(2)!r}; use s, min or h "
@@ -250,7 +250,7 @@ _BYTE_UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
-_BYTES_RE = r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$"
+_BYTES_PATTERN = r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$"
 
 
 def parse_bytes(name: str, value: Any) -> int:
@@ -258,7 +258,7 @@ def parse_bytes(name: str, value: Any) -> int:
     if _is_int(value) and value >= 1:
         return int(value)
     if isinstance(value, str):
-        match = re.match(_BYTES_RE, value.lower())
+        match = re.match(_BYTES_PATTERN, value.lower())
         if match and (match.group(2) or "b") in _BYTE_UNITS:
             size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or "b"])
             if size >= 1:
