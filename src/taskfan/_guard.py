@@ -1,8 +1,8 @@
 """Is a line of the main script inside an ``if __name__ == "__main__":`` block?
 
-Apart from :mod:`taskfan._start` because it parses the script with :mod:`ast` (about 3 ms
-to import), which only a call started from the running script's top level (its ``if __name__`` block
-included) needs, and only when workers import the script again.
+Apart from :mod:`taskfan._start` because it reads the script with :mod:`ast` (about 3 ms
+to import), which only a call made from the script's own top level needs, and only when
+workers import the script again (spawn, forkserver).
 """
 
 from __future__ import annotations
