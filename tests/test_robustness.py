@@ -237,6 +237,35 @@ def test_an_attempt_that_will_be_retried_sets_its_traceback_aside() -> None:
     assert "task" in errors[2].traceback and 'raise KeyError("not retried")' in errors[2].traceback
 
 
+class _Transient(Exception):
+    """A user's own error to retry on (module level: it travels to worker processes)."""
+
+
+@pytest.mark.timeout(30)
+def test_retry_on_retries_only_its_errors(opts: dict[str, Any], backend: str) -> None:
+    # A backend marks an attempt that failed with a retry_on error, and the engine
+    # retries on that mark alone: anything else must fail at its first attempt.
+    with taskfan.SafeCounter.make(backend) as attempts:
+
+        def task(x: int) -> int:
+            n = attempts.increment(x)
+            if x % 2 == 0 and n == 1:
+                raise _Transient(f"first attempt of {x}")
+            if x == 3:
+                raise KeyError("not retried")
+            return x
+
+        it = taskfan.imap(
+            task, range(6), retries=2, retry_on=_Transient, backoff=0, errors="return", **opts
+        )
+        got = list(it)
+        tries = [attempts.get(x) for x in range(6)]
+    assert got[:3] == [0, 1, 2] and got[4:] == [4, 5]
+    assert isinstance(got[3], KeyError)
+    assert tries == [2, 1, 2, 1, 2, 1]
+    assert (it.report.ok, it.report.failed, it.report.retried) == (5, 1, 3)
+
+
 @pytest.mark.timeout(30)
 def test_out_of_order_each_retried_task_comes_back_once(opts: dict[str, Any], backend: str) -> None:
     # Out of order, a chunk goes on at once with gaps where its retried tasks were; they

@@ -966,6 +966,8 @@ class Engine:
     def _retryable(self, failure: Failure, attempt: int) -> bool:
         if attempt > self.options.retries or not failure.retry:
             return False
+        if failure.set_aside:  # the backend matched it to retry_on already
+            return True
         if failure.status in ("timeout", "crashed"):
             return True
         return isinstance(failure.bare_error, self.options.retry_on)

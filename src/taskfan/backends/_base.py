@@ -141,6 +141,12 @@ class Failure:
     def traceback(self, text: str) -> None:
         self._traceback = text
 
+    @property
+    def set_aside(self) -> bool:
+        """Whether the backend found it retried (see :func:`set_aside`): the engine then
+        retries it without looking at its exception, which may not have been kept."""
+        return self._traceback is SET_ASIDE
+
 
 #: In a piece yielded out of order, the failure at the offset of a task that is being
 #: retried: not an outcome (the task ends in a later piece), so every consumer skips it.

@@ -163,18 +163,23 @@ def unrebuildable_result(error: Exception) -> Failure:
 
 
 def _failure(record: ErrorRecord) -> Failure:
-    rebuild_error = _late(".._errors", "rebuild_error")
-    describe_failure = _late("._base", "describe_failure")
-    render = _late("._trace", "render")
     blob, type_name, message, tb_text, retry = record
-    error = rebuild_error(blob, type_name, message)
+    if tb_text == SET_ASIDE:  # retried on this mark alone, never shown (see _record)
+        error = _late(".._errors", "TaskError")(type_name, _NOT_KEPT)
+        return _late("._base", "Failure")(error, SET_ASIDE, retry=retry)  # type: ignore[no-any-return]
+    error = _late(".._errors", "rebuild_error")(blob, type_name, message)
+    describe_failure = _late("._base", "describe_failure")
     failure: Failure
     if isinstance(tb_text, str):
         failure = describe_failure(error, tb_text)
     else:
+        render = _late("._trace", "render")
         failure = describe_failure(error, lambda: render(tb_text))
     failure.retry = retry
     return failure
+
+
+_NOT_KEPT = SET_ASIDE.rstrip()
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -490,12 +495,14 @@ def _record(
 ) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent.
 
-    One that the parent will retry (an instance of ``retried``) goes without its
-    traceback, which nobody reads (see ``_base.set_aside``).
+    One that the parent will retry (an instance of ``retried``) goes as its type's name
+    only: the parent retries it on that mark alone and drops the attempt, so nobody reads
+    its traceback or the exception itself (see ``_base.set_aside``). Pickling it and
+    rebuilding it cost more than a tiny task's whole retry.
     """
     if retried and isinstance(error, retried):
-        error.__traceback__ = None
-        return _described(error, SET_ASIDE, retry)
+        kind = type(error)
+        return None, f"{kind.__module__}.{kind.__qualname__}", "", SET_ASIDE, retry
     summarize = _late("._trace", "summarize")
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
