@@ -851,11 +851,12 @@ class Engine:
         per_item = done.elapsed / len(done.values) if done.values else done.elapsed
         items, positions, attempt = span.items, span.positions, span.attempt
         worker, started = done.worker, done.started
-        for i, value in enumerate(values):
-            failure = failures.get(i) if failures else None
-            j = start + i
-            self._settle(
-                Piece(
+        holes, filled = self._hole_of, 0
+        try:
+            for i, value in enumerate(values):
+                failure = failures.get(i) if failures else None
+                j = start + i
+                ran = Piece(
                     positions[j],
                     items[j : j + 1],
                     [value],
@@ -865,7 +866,26 @@ class Engine:
                     started + j * per_item,
                     per_item,
                 )
-            )
+                whole = holes.pop(ran.seq, None) if failure is None and holes else None
+                if whole is None:
+                    self._settle(ran)
+                    continue
+                # In order, a retried task that ended well: into its hole, as _settle
+                # and _fill would put it, without their checks for a failure.
+                k = ran.seq - whole.seq
+                whole.values[k] = value
+                if whole.redone is None:
+                    whole.redone = {}
+                whole.redone[k] = ran
+                whole.holes -= 1
+                filled += 1
+        finally:
+            if filled:  # (also when a later task of the batch failed the run: they ended)
+                self.tally.ok += filled
+                self._buffered_items += filled
+                for observer in self._observers:
+                    observer.update(filled, self.tally)
+                self._flush()
 
     def _requeue(self, span: Span, start: int, skip: int) -> None:
         """Items from ``start`` on (except ``skip``) did not end: run them again, first."""
@@ -882,19 +902,23 @@ class Engine:
         tally = self.tally
         retry: list[int] = []
         if failures:
-            attempt = piece.attempt
-            retry = sorted(i for i, f in failures.items() if self._retryable(f, attempt))
+            attempt, retryable = piece.attempt, self._retryable
+            final: list[Failure] = []
+            for i, f in failures.items():  # (one pass: this runs once per failure)
+                if retryable(f, attempt):
+                    retry.append(i)
+                else:
+                    final.append(f)
             if retry:
                 seq, items = piece.seq, piece.items
                 self._schedule_retries([Span(seq + i, [items[i]], attempt + 1) for i in retry])
-            retrying = set(retry)
-            final = [f for i, f in failures.items() if i not in retrying]
-            tally.failed += len(final)
-            tally.timed_out += sum(f.status == "timeout" for f in final)
-            tally.crashed += sum(f.status == "crashed" for f in final)
-            if final and self._fail_fast:
-                tally.ok += len(piece.values) - len(failures)
-                raise _raisable(final[0].error)
+            if final:
+                tally.failed += len(final)
+                tally.timed_out += sum(f.status == "timeout" for f in final)
+                tally.crashed += sum(f.status == "crashed" for f in final)
+                if self._fail_fast:
+                    tally.ok += len(piece.values) - len(failures)
+                    raise _raisable(final[0].error)
         tally.ok += len(piece.values) - len(failures or ())
         for observer in self._observers:
             observer.update(len(piece.values) - len(retry), tally)
