@@ -550,3 +550,43 @@ def test_a_worker_sends_only_a_mark_for_an_attempt_that_is_retried() -> None:
     except KeyError as error:
         kept = _record(error, retried=(ValueError,))
     assert kept[3] != SET_ASIDE and kept[1] == "builtins.KeyError"
+
+
+class _ReadLate:
+    """A result that, rebuilt in the parent, waits there until ``marker`` exists."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_rebuilt_once_marked, (self.marker,))
+
+
+def _rebuilt_once_marked(marker: str) -> bool:
+    # Waits for a condition (the next call ran in the worker), with a deadline: on
+    # failure it gives up and says so, instead of hanging the parent.
+    deadline = time.monotonic() + 10.0
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.path.exists(marker)
+
+
+def _first_late_then_mark(item: tuple[str, str, bytes]) -> Any:
+    kind, marker, _ = item
+    if kind == "late":
+        return _ReadLate(marker)
+    if kind == "mark":
+        Path(marker).touch()
+    return kind
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_gets_its_next_call_before_its_reply_is_read(tmp_path: Path) -> None:
+    # Reading a large reply takes as long as running a chunk: the worker must have its
+    # next call meanwhile. The third item is too large to be sent ahead to a busy worker,
+    # so it waits in the parent until the second's reply comes back; rebuilding that
+    # reply then waits until the third task has run.
+    marker = str(tmp_path / "next-call-ran")
+    items = [("first", marker, b""), ("late", marker, b""), ("mark", marker, b"x" * 200_000)]
+    got = taskfan.map(_first_late_then_mark, items, **{**P, "workers": 1, "chunksize": 1})
+    assert got == ["first", True, "mark"]

@@ -425,8 +425,13 @@ class ProcessBackend(Backend):
                 if message[:1] == CUT_NOTICE:
                     self._on_cut(worker, message)
                     continue
-                self._on_reply(worker, worker.outstanding.popleft(), message)
+                sent = worker.outstanding.popleft()
                 worker.since = self.clock.now()
+                if self._max_tasks is None:  # (else its count of items waits for the reply)
+                    # Its next call goes out before this reply is read: rebuilding a
+                    # large reply takes as long as running a chunk, and it would idle.
+                    self._assign()
+                self._on_reply(worker, sent, message)
         except (EOFError, OSError):
             pass  # it died mid-reply: the sentinel is ready too
 
