@@ -184,7 +184,9 @@ class Piece(Plain):
     ) -> Piece:
         """The tasks of ``span`` from offset ``start`` that ``done`` reports ended."""
         per_item = done.elapsed / len(done.values) if done.values else done.elapsed
-        items = span.items[start : start + len(values)]
+        items = span.items
+        if start or len(values) != len(items):  # (whole, the usual case: no copy)
+            items = items[start : start + len(values)]
         return cls(
             span.seq + start,
             items,
