@@ -145,11 +145,13 @@ def test_ctrl_c_cancels_stuck_coroutines_at_once(mode: str, tmp_path: Path) -> N
     read_until(proc, ready)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=30)
     lines = [line for line in out.splitlines() if line.startswith("interrupted")]
     assert lines, f"no KeyboardInterrupt seen: stdout={out!r} stderr={err[-2000:]!r}"
     got = json.loads(lines[0].split(" ", 1)[1])
-    assert got["when"] - sent < 1.0  # the coroutines were cancelled, not waited for
+    # The coroutines sleep 1000 s: ending within 30 s means they were cancelled, not
+    # waited for, however loaded the machine (no tighter wall-time bound here).
+    assert got["when"] - sent < 30.0
     assert got["kept"] == [0, 1, 2, 3, 4]  # what ended is kept
     assert "Task was destroyed but it is pending" not in err
     assert "KeyboardInterrupt" in err

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["Parallelized", "ResultIterator", "Runner", "imap", "map", "starmap"]
 
 T = TypeVar("T")
-_builtin_map = map
 
 
 def map(fn: Callable[..., T], items: Iterable[Any], /, **options: Any) -> list[Any]:
