@@ -3,6 +3,7 @@ results. Each behaviour is pinned by synchronisation (gates and counters), not t
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -62,6 +63,50 @@ def test_results_do_not_wait_for_a_slow_chunk_mate(
                 release.set()
     assert seen[BLOCKED][1] is True, "results before the blocked task waited for it"
     assert sorted(seen) == list(range(N))
+
+
+class _Heavy:
+    """A result that says it weighs 100 MB (``sys.getsizeof`` asks ``__sizeof__``)."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __sizeof__(self) -> int:
+        return 100 * 2**20
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("front", ["map", "amap"])
+def test_map_takes_tasks_behind_a_slow_head_whatever_its_results_weigh(
+    backend: str, parallel: bool, gates: Gates, front: str
+) -> None:
+    # map holds every result until it returns, so holding results back to keep their
+    # order bounds no memory: the weight of the results behind a slow head task (three
+    # of these pass the default window_bytes) must not stop intake. Task 0 ends only
+    # once every other task has run. (imap keeps its bound: see test_engine_time.)
+    if not parallel:
+        pytest.skip("one worker: everything waits behind a blocked task")
+    import time
+
+    n = 200
+    release = gates.new(backend)
+    with _shared_counter(backend) as done:
+
+        def task(x: int) -> Any:
+            if x == 0:
+                return release.wait(30)  # True only if the others released it
+            time.sleep(0.002)  # not tiny: tasks are taken a few at a time
+            if done.increment("ran") == n - 1:
+                release.set()
+            return _Heavy(x)
+
+        options = {"backend": backend, "workers": 2, "progress": False}
+        if front == "map":
+            got = taskfan.map(task, range(n), **options)
+        else:
+            got = asyncio.run(taskfan.amap(task, range(n), **options))
+    assert got[0] is True, "tasks behind the head were not taken until it ended"
+    assert [g.x for g in got[1:]] == list(range(1, n))
 
 
 def _chaos(x: int) -> int:

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from types import TracebackType
 from typing import Any
 
-from ._api import _check_fn, _extend
+from ._api import _check_fn, _extend, options_keeping_all
 from ._api import _engine as _make_engine
 from ._engine import Engine, Feed, Piece, TaskRaisedStopIteration
 from ._options import Options, Plan, check_flag, make_options, plan
@@ -43,7 +43,7 @@ async def amap(
 ) -> list[Any]:
     """``await amap(fn, items)``: the list of results, in input order, like ``map``."""
     _check_fn("amap", fn)
-    opts = make_options("amap", options)
+    opts = options_keeping_all("amap", options)
     engine, feed = _engine("amap", fn, items, opts, ordered=True)
     out: list[Any] = []
     run = engine.arun(feed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -64,7 +65,7 @@ def _collect(
     where: str, fn: Callable[..., Any], mode: int, items: Iterable[Any], options: Mapping[str, Any]
 ) -> list[Any]:
     _check_fn(where, fn)
-    opts = make_options(where, options)
+    opts = options_keeping_all(where, options)
     engine = _engine(fn, mode, items, opts, ordered=True)
     out: list[Any] = []
     try:
@@ -74,6 +75,16 @@ def _collect(
         # A list is returned, not iterated: the task's StopIteration can be itself here.
         raise carrier.error from carrier.error.__cause__
     return out
+
+
+def options_keeping_all(where: str, options: Mapping[str, Any]) -> Options:
+    """The options of a call that returns a list of every result (``map``, ``amap``).
+
+    The list holds every result until it is returned, so the results held back to keep
+    their order bound no memory: unless ``window_bytes`` is given, their weight stops no
+    intake (it stops ``imap``'s, whose caller lets results go as they come).
+    """
+    return make_options(where, {"window_bytes": sys.maxsize, **options})
 
 
 def _engine(
