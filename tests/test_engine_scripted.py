@@ -58,7 +58,7 @@ def counts(engine: Any) -> tuple[int, int, int, int, int, int, int]:
 
 def attempts(pieces: list[tuple[float, Any]]) -> dict[int, int]:
     """Position -> the attempt number its outcome came from."""
-    return {p.seq + i: p.ran(i).attempt for _, p in pieces for i in range(len(p.items))}
+    return {p.seq + i: p.ran(i)[0].attempt for _, p in pieces for i in range(len(p.items))}
 
 
 # --- a crashed worker ---------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_a_result_at_the_instant_of_its_timeout_ends_the_task_exactly_once(
         assert engine.report.elapsed == 2.0
     else:
         assert backend.stops == [(T0 + 2, 0, 0)]
-        assert (value, piece.failures, piece.ran(0).attempt) == ("x", None, 2)
+        assert (value, piece.failures, piece.ran(0)[0].attempt) == ("x", None, 2)
         assert [(r.outcome, r.start) for r in backend.runs] == [
             ("stopped", T0),
             ("value", T0 + 2),
@@ -263,7 +263,7 @@ def test_backoff_draws_full_jitter_per_attempt_and_the_run_ends_with_the_last_re
     rng = random.Random(7)
     assert gaps == pytest.approx([rng.random() * cap for cap in caps], abs=1e-9)
     assert all(0 <= gap <= cap for gap, cap in zip(gaps, caps, strict=True))
-    assert [p.ran(0).attempt for _, p in pieces] == [5]
+    assert [p.ran(0)[0].attempt for _, p in pieces] == [5]
     assert counts(engine) == (1, 1, 0, 0, 0, 0, 4)
     assert runs[-1].end == clock.now()  # nothing waited for after the last retry ended
     assert engine.report.elapsed == pytest.approx(runs[-1].end - T0, abs=1e-9)
@@ -508,7 +508,7 @@ def test_in_order_a_retried_task_fills_its_hole_and_its_piece_goes_out_whole() -
     assert (piece.seq, piece.values, piece.failures) == (0, list(range(6)), None)
     retry = backend.runs_of(1)[1]
     assert at == retry.end and retry.start > T0 + 6  # after the chunk and the backoff
-    assert [piece.ran(i).attempt for i in range(6)] == [1, 2, 1, 1, 1, 1]
+    assert [piece.ran(i)[0].attempt for i in range(6)] == [1, 2, 1, 1, 1, 1]
     assert counts(engine) == (6, 6, 0, 0, 0, 0, 1)
 
 

@@ -66,7 +66,7 @@ def test_retries_exhausted_fail_with_the_last_error() -> None:
     engine = Engine(Job(task, SINGLE, ["x"], 1), opts, plan(opts, task), clock=clock)
     pieces = list(engine.run())
     [piece] = pieces
-    assert piece.ran(0).attempt == 3
+    assert piece.ran(0)[0].attempt == 3
     assert piece.failures is not None and str(piece.failures[0].error) == "attempt 3 of x"
     assert (engine.report.failed, engine.report.retried) == (1, 2)
     assert clock.sleeps == []  # backoff=0 retries at once

@@ -463,3 +463,25 @@ def test_journal_summary_and_outcomes_by_status(tmp_path: Path) -> None:
         j.outcomes(status="broken")
     with pytest.raises(JournalError, match=r"no journal at .*nothing\.db"):
         taskfan.Journal(tmp_path / "nothing.db")
+
+
+def once_then_ok(log: str, x: int) -> int:
+    """x*x; every third item fails on its first attempt (its lines in ``log`` count them)."""
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    if x % 3 == 0 and Path(log).read_text().split().count(str(x)) == 1:
+        raise ValueError(f"first attempt of {x}")
+    return x * x
+
+
+def test_a_task_that_ends_on_a_retry_is_journaled(opts: dict[str, Any], tmp_path: Path) -> None:
+    # In order, retried tasks that end well fill their places in their first piece
+    # directly (Engine._settle_all): the journal must record them all the same.
+    journal = tmp_path / "run.db"
+    fn = functools.partial(once_then_ok, str(tmp_path / "ran.log"))
+    got = taskfan.map(fn, range(30), journal=journal, retries=1, backoff=0, **opts)
+    assert got == [x * x for x in range(30)]
+    outcomes = taskfan.Journal(journal).outcomes()
+    assert sorted(outcomes) == list(range(30))
+    assert {o.status for o in outcomes.values()} == {"ok"}
+    assert {x for x, o in outcomes.items() if o.attempts == 2} == set(range(0, 30, 3))

@@ -230,9 +230,9 @@ def _outcomes(piece: Piece, keys: list[Hashable] | None) -> Iterator[Outcome]:
     failures = piece.failures or {}
     for i, value in enumerate(piece.values):
         key = keys[piece.seq + i] if keys is not None else piece.seq + i
-        ran = piece.ran(i)  # a retried task ended in a piece of its own
+        ran, at = piece.ran(i)  # a retried task ended in a piece of its own
         attempt, worker, duration = ran.attempt, ran.worker, ran.duration
-        started = piece.started + i * duration if ran is piece else ran.started
+        started = ran.started + at * duration
         failure = failures.get(i)
         if failure is None:
             yield Outcome(key, "ok", value, None, None, attempt, started, duration, worker)

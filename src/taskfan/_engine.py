@@ -152,7 +152,8 @@ class Piece(Plain):
     recorded: list[tuple[Any, ...]] | None
     holes: int  # retried tasks not yet ended for good (their values are None)
     gaps: int  # out of order: retried tasks that end in later pieces (see RETRIED)
-    redone: dict[int, Piece] | None  # by offset: how a retried task ended
+    #: by offset: how a retried task ended, as (piece, offset in that piece)
+    redone: dict[int, tuple[Piece, int]] | None
 
     def __init__(  # noqa: PLR0917 - built positionally, as the dataclass it was
         self,
@@ -167,7 +168,7 @@ class Piece(Plain):
         recorded: list[tuple[Any, ...]] | None = None,
         holes: int = 0,
         gaps: int = 0,
-        redone: dict[int, Piece] | None = None,
+        redone: dict[int, tuple[Piece, int]] | None = None,
     ) -> None:
         self.seq, self.items, self.values, self.failures = seq, items, values, failures
         self.attempt, self.worker, self.started, self.duration = attempt, worker, started, duration
@@ -198,9 +199,10 @@ class Piece(Plain):
             per_item,
         )
 
-    def ran(self, i: int) -> Piece:
-        """The piece its task at offset ``i`` ended in: this one, or its last retry's."""
-        return self.redone.get(i, self) if self.redone else self
+    def ran(self, i: int) -> tuple[Piece, int]:
+        """Where its task at offset ``i`` ended: here, or in its last retry's piece (a
+        batch of retries), as that piece and the task's offset in it."""
+        return self.redone.get(i, (self, i)) if self.redone else (self, i)
 
     def cut(self, start: int, stop: int) -> Piece:
         """The tasks at offsets ``[start, stop)`` as a piece of their own."""
@@ -229,6 +231,11 @@ class Engine:
     With ``fail_fast`` the first task that fails for good (after its retries) stops the
     run: the rest is cancelled and its exception is raised from :meth:`run`.
     """
+
+    #: Retried tasks that end well fill their places in their first piece directly,
+    #: without a piece and a :meth:`_settle` each. False in a subclass that must see
+    #: every ended task in ``_settle`` (the journal records them there).
+    fills_in_place = True
 
     def __init__(
         self,
@@ -853,32 +860,37 @@ class Engine:
         per_item = done.elapsed / len(done.values) if done.values else done.elapsed
         items, positions, attempt = span.items, span.positions, span.attempt
         worker, started = done.worker, done.started
-        holes, filled = self._hole_of, 0
+        holes, filled = self._hole_of if self.fills_in_place else {}, 0
+        # The batch as one piece (its seq means nothing): where its tasks ended, for
+        # their outcomes. Not one piece per task: a batch can hold a thousand.
+        batch = Piece(-1, items, values, None, attempt, worker, started, per_item)
         try:
             for i, value in enumerate(values):
                 failure = failures.get(i) if failures else None
                 j = start + i
-                ran = Piece(
-                    positions[j],
-                    items[j : j + 1],
-                    [value],
-                    None if failure is None else {0: failure},
-                    attempt,
-                    worker,
-                    started + j * per_item,
-                    per_item,
-                )
-                whole = holes.pop(ran.seq, None) if failure is None and holes else None
+                seq = positions[j]
+                whole = holes.pop(seq, None) if failure is None and holes else None
                 if whole is None:
-                    self._settle(ran)
+                    self._settle(
+                        Piece(
+                            seq,
+                            items[j : j + 1],
+                            [value],
+                            None if failure is None else {0: failure},
+                            attempt,
+                            worker,
+                            started + j * per_item,
+                            per_item,
+                        )
+                    )
                     continue
                 # In order, a retried task that ended well: into its hole, as _settle
                 # and _fill would put it, without their checks for a failure.
-                k = ran.seq - whole.seq
+                k = seq - whole.seq
                 whole.values[k] = value
                 if whole.redone is None:
                     whole.redone = {}
-                whole.redone[k] = ran
+                whole.redone[k] = (batch, j)
                 whole.holes -= 1
                 filled += 1
         finally:
@@ -983,7 +995,7 @@ class Engine:
             piece.failures[i] = retried.failures[0]
         if piece.redone is None:
             piece.redone = {}
-        piece.redone[i] = retried
+        piece.redone[i] = (retried, 0)
         piece.holes -= 1
         self._buffered_items += 1
         if not piece.holes and piece.seq == self._next_out:

@@ -40,6 +40,8 @@ class JournaledEngine(Engine):
     ``key_fn`` gives an item's key (``key=``); with neither, a task's key is its position.
     """
 
+    fills_in_place = False  # every task that ends is recorded in _settle
+
     def __init__(
         self,
         job: Job,
