@@ -165,8 +165,7 @@ def unrebuildable_result(error: Exception) -> Failure:
 def _failure(record: ErrorRecord) -> Failure:
     blob, type_name, message, tb_text, retry = record
     if tb_text == SET_ASIDE:  # retried on this mark alone, never shown (see _record)
-        error = _late(".._errors", "TaskError")(type_name, _NOT_KEPT)
-        return _late("._base", "Failure")(error, SET_ASIDE, retry=retry)  # type: ignore[no-any-return]
+        return _set_aside(retry)
     error = _late(".._errors", "rebuild_error")(blob, type_name, message)
     describe_failure = _late("._base", "describe_failure")
     failure: Failure
@@ -179,7 +178,18 @@ def _failure(record: ErrorRecord) -> Failure:
     return failure
 
 
-_NOT_KEPT = SET_ASIDE.rstrip()
+def _set_aside(retry: bool) -> Failure:
+    """The failure of an attempt that the parent retries: its exception stayed in the
+    worker. One placeholder serves them all; nothing reads it (the engine retries on the
+    mark, and a Failure made this way never dresses its error with a cause)."""
+    global _PLACEHOLDER
+    if _PLACEHOLDER is None:
+        _PLACEHOLDER = _late(".._errors", "TaskError")("taskfan.SetAside", SET_ASIDE.rstrip())
+    failure: Failure = _late("._base", "Failure")(_PLACEHOLDER, SET_ASIDE, retry=retry)
+    return failure
+
+
+_PLACEHOLDER: BaseException | None = None
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -495,14 +505,13 @@ def _record(
 ) -> ErrorRecord:
     """Describe an exception so that it survives the trip to the parent.
 
-    One that the parent will retry (an instance of ``retried``) goes as its type's name
-    only: the parent retries it on that mark alone and drops the attempt, so nobody reads
-    its traceback or the exception itself (see ``_base.set_aside``). Pickling it and
+    One that the parent will retry (an instance of ``retried``) goes as a mark only: the
+    parent retries it on that mark alone and drops the attempt, so nobody reads its
+    traceback or the exception itself (see ``_base.set_aside``). Pickling it and
     rebuilding it cost more than a tiny task's whole retry.
     """
     if retried and isinstance(error, retried):
-        kind = type(error)
-        return None, f"{kind.__module__}.{kind.__qualname__}", "", SET_ASIDE, retry
+        return None, "", "", SET_ASIDE, retry
     summarize = _late("._trace", "summarize")
     tb = error.__traceback__
     ours = os.path.dirname(__file__)  # the worker loop's frames, and the chunk runner's
