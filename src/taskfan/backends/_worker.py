@@ -179,13 +179,14 @@ def _failure(record: ErrorRecord) -> Failure:
 
 
 def _set_aside(retry: bool) -> Failure:
-    """The failure of an attempt that the parent retries: its exception stayed in the
-    worker. One placeholder serves them all; nothing reads it (the engine retries on the
-    mark, and a Failure made this way never dresses its error with a cause)."""
+    """The failure of an attempt that the parent retries, as a thread's (``set_aside``),
+    but its exception stayed in the worker: one placeholder serves them all, and nothing
+    reads it (the engine retries on the mark, and never dresses this error with a cause)."""
     global _PLACEHOLDER
     if _PLACEHOLDER is None:
         _PLACEHOLDER = _late(".._errors", "TaskError")("taskfan.SetAside", SET_ASIDE.rstrip())
-    failure: Failure = _late("._base", "Failure")(_PLACEHOLDER, SET_ASIDE, retry=retry)
+    failure: Failure = _late("._base", "set_aside")(_PLACEHOLDER)
+    failure.retry = retry
     return failure
 
 
