@@ -308,6 +308,30 @@ def test_a_rate_of_10_per_second_starts_30_tasks_exactly_0_1_s_apart() -> None:
     assert counts(engine) == (30, 30, 0, 0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("window", [2, None], ids=["window=2", "auto window"])
+def test_a_rate_limited_run_with_no_room_waits_for_a_task_instead_of_spinning(
+    window: int | None,
+) -> None:
+    # Nothing may start for a while: with window=2, task 0 takes 100 s and holds its
+    # place; with the automatic window (4 tasks for 1 worker), tasks 0-3 have failed and
+    # wait out a backoff of up to 100 s. The engine used to wake at the rate slot that
+    # had passed, with a 0 s wait each time until then: in real time, a core spent
+    # spinning (1.0 s of CPU in 1.1 s for a thread map with rate=50, window=2 and one
+    # 1 s task). It must wait for a task or a retry instead.
+    if window is None:
+        failing = {i: [fail(0.25, ValueError), ok(0.25)] for i in range(4)}
+        script = table(failing, default=ok(0.25))
+        options: dict[str, Any] = {"workers": 1, "retries": 1, "backoff": 100.0}
+    else:
+        script = table({0: ok(100.0)}, default=ok(0.25))
+        options = {"workers": 2, "window": window}
+    engine, backend = make_engine(script, range(40), rate="10/s", **options)
+    pieces = drive(engine)  # the fake raises EngineStuck after 10,000 waits of 0 s
+    assert outcomes(pieces) == {i: i for i in range(40)}
+    idle_waits = [(at, timeout) for at, timeout in backend.waits if timeout == 0]
+    assert len(idle_waits) <= 5, idle_waits[:10]
+
+
 # --- a slow item holding back its chunk ------------------------------------------------------
 
 

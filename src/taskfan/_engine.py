@@ -734,17 +734,21 @@ class Engine:
         """Is there a task to start when the next rate slot opens?
 
         Asked only with a rate limit: rather than wake a whole interval later to find
-        the input empty, take the next item now (it goes out at that slot).
+        the input empty, take the next item now (it goes out at that slot). No item to
+        take now (the window is full, an async input has nothing yet) is a no: waking
+        at the slot would find nothing to start, and once the slot has passed, the
+        wait would be 0 s, again and again, until a task ends. What frees the window
+        (a task that ends) or brings input (the feed's notice) wakes the engine anyway.
         """
         if self._pending:
             return True
         if self._exhausted:
             return False
         span = self._next_span(self._window(), 1)
-        if span is not None:
-            self._pending.append(span)
-            return True
-        return not self._exhausted
+        if span is None:
+            return False
+        self._pending.append(span)
+        return True
 
     def _next_deadline(self, now: float, timeout: float) -> float:
         # An item that starts after this moment cannot expire before now + timeout.
