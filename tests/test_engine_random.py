@@ -1,0 +1,174 @@
+"""Random workloads on the scripted backend, checked against what must always hold.
+
+The scripted tests pin one case each. Here every seed draws a whole mixed workload:
+fast and slow items, failures of two kinds, crashes, hangs cut off by a timeout, on 1 to
+4 virtual workers, in order or not, with or without retries, chunking and cuts, and with
+the thread backend's behaviour or the process backend's (a dead worker's chunk loses its
+results). Whatever was drawn, the engine must hand back every task exactly once, each
+with the outcome of its last run, never retry past ``retries``, keep input order when
+asked, and count what it did in the report. A failing seed replays exactly: run it
+alone with ``-k "seed and 123"``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskfan._engine import RETRIED
+from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
+
+from . import scripted
+from .scripted import Step, crash, drive, fail, give_back, hang, make_engine, ok, table
+
+SEEDS = range(150)
+#: durations are binary fractions, so instants compare exactly
+DURATIONS = (0.0, 0.25, 0.5, 1.0, 3.0)
+
+
+@pytest.fixture(autouse=True, params=scripted.DRIVERS)
+def _driver(request: pytest.FixtureRequest) -> Iterator[None]:
+    scripted.driver = request.param
+    yield
+    scripted.driver = "blocking"
+
+
+def _steps(rng: random.Random, timeout: float | None) -> list[Step]:
+    """The runs of one item: mostly quick successes, some slow ones, some failures."""
+    steps = []
+    for _ in range(rng.randint(1, 4)):
+        roll = rng.random()
+        seconds = rng.choice(DURATIONS)
+        if roll < 0.55:
+            steps.append(ok(seconds))
+        elif roll < 0.70:
+            steps.append(fail(seconds, OSError))
+        elif roll < 0.80:
+            steps.append(fail(seconds, ValueError))
+        elif roll < 0.88:
+            steps.append(crash(seconds))
+        elif roll < 0.91:
+            steps.append(give_back(seconds))  # a backend bug the engine must survive
+        elif timeout is not None:
+            steps.append(hang())
+        else:
+            steps.append(ok(seconds))
+    return steps
+
+
+def _workload(seed: int) -> tuple[dict[int, list[Step]], dict[str, Any], dict[str, Any]]:
+    rng = random.Random(seed)
+    timeout = rng.choice([None, 2.0])
+    n = rng.randint(1, 40)
+    steps = {i: _steps(rng, timeout) for i in range(n)}
+    process_like = rng.random() < 0.5
+    engine_options: dict[str, Any] = {
+        "workers": rng.randint(1, 4),
+        "ordered": rng.random() < 0.5,
+        "ties": rng.choice(["result", "timeout"]),
+        "lose_results": process_like,
+        "cut_notice": process_like,
+        "chunk_seconds": rng.choice([None, 0.5, 1e6]),
+        "seed": seed,
+    }
+    options: dict[str, Any] = {
+        "errors": "return",
+        "retries": rng.randint(0, 3),
+        "backoff": rng.choice([0, 0.5, 4.0]),
+    }
+    if timeout is not None:
+        options["timeout"] = timeout
+    if rng.random() < 0.5:
+        options["chunksize"] = rng.randint(1, 6)
+    if rng.random() < 0.3:
+        options["retry_on"] = (OSError,)
+    if rng.random() < 0.3:
+        options["window"] = rng.randint(1, 8)
+    if rng.random() < 0.2:
+        options["rate"] = rng.choice([2.0, 8.0])
+    if rng.random() < 0.2:
+        options["backoff_max"] = 1.0
+    return steps, engine_options, options
+
+
+_STATUS = {
+    "value": None,
+    "raise": (OSError, ValueError),
+    "crash": WorkerCrashed,
+    "give_back": TaskfanError,  # handed back unrun, with no progress: it fails
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
+    steps, engine_options, options = _workload(seed)
+    n = len(steps)
+    engine, backend = make_engine(table(steps), range(n), **engine_options, **options)
+    pieces = drive(engine)
+
+    # Every task comes back exactly once, and in input order when asked.
+    found: dict[int, Any] = {}
+    attempt_of: dict[int, int] = {}
+    expected_seq = 0
+    for _, piece in pieces:
+        if engine_options["ordered"]:
+            assert piece.seq == expected_seq, f"piece at {piece.seq}, {expected_seq} expected"
+            expected_seq += len(piece.values)
+        for i, value in enumerate(piece.values):
+            failure = (piece.failures or {}).get(i)
+            if failure is RETRIED:
+                continue
+            position = piece.seq + i
+            assert position not in found, f"task {position} came back twice"
+            found[position] = value if failure is None else failure.error
+            attempt_of[position] = piece.ran(i)[0].attempt
+    assert sorted(found) == list(range(n)), "a task was lost"
+
+    retried_types = options.get("retry_on", (Exception,))
+    for item in range(n):
+        runs = backend.runs_of(item)
+        assert runs, f"task {item} came back without running"
+        assert all(r.end is not None for r in runs), f"task {item} still runs at the end"
+        last, outcome = runs[-1], found[item]
+        # Its outcome is that of its last run.
+        if last.outcome == "value":
+            assert outcome == item
+        elif last.outcome == "stopped":
+            assert isinstance(outcome, TaskTimeout)
+        else:
+            assert isinstance(outcome, _STATUS[last.outcome]), (item, last, outcome)
+        assert attempt_of[item] <= options["retries"] + 1, f"task {item} retried too often"
+        # Runs that failed count as attempts, except on processes, where a dead worker's
+        # chunk mates run again on the same attempt, and a call handed back unrun: that
+        # counts only when nothing in it had run (see test_engine_scripted).
+        hard = sum(r.outcome not in ("value", "give_back") for r in runs)
+        soft = sum(r.outcome == "give_back" for r in runs)
+        succeeded = last.outcome == "value"
+        if engine_options["lose_results"]:
+            assert attempt_of[item] <= hard + soft + succeeded
+            continue
+        least = hard + succeeded + (last.outcome == "give_back")
+        assert least <= attempt_of[item] <= hard + soft + succeeded, (item, runs)
+        # Each retry followed a failure that retry_on covers (a crash, a timeout always do).
+        for run in runs[:-1]:
+            error = steps[item][min(run.run, len(steps[item])) - 1].error
+            if run.outcome == "raise":
+                assert isinstance(error, type) and issubclass(error, retried_types), (
+                    f"task {item} was retried after {error.__name__}"
+                )
+
+    report = engine.report
+    ok_count = sum(1 for v in found.values() if not isinstance(v, BaseException))
+    assert (report.total, report.ok, report.failed, report.cancelled) == (
+        n,
+        ok_count,
+        n - ok_count,
+        0,
+    )
+    assert report.retried == sum(a - 1 for a in attempt_of.values())
+    assert report.timed_out == sum(isinstance(v, TaskTimeout) for v in found.values())
+    assert report.crashed == sum(isinstance(v, WorkerCrashed) for v in found.values())
+    assert backend.closed is not None
