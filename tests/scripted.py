@@ -35,6 +35,7 @@ from taskfan._clock import Clock, MockClock
 from taskfan._engine import RETRIED, Engine, Job, Piece
 from taskfan._errors import WorkerCrashed
 from taskfan._options import make_options, plan
+from taskfan._resume import JournaledEngine
 from taskfan.backends._base import (
     SINGLE,
     Backend,
@@ -488,7 +489,8 @@ def make_engine(
     **options: Any,
 ) -> tuple[Engine, ScriptedBackend]:
     """An Engine on a ScriptedBackend with ``workers`` workers, in virtual time, as
-    ``tests/test_engine_time.py`` builds one (seeded rng, no progress bar)."""
+    ``tests/test_engine_time.py`` builds one (seeded rng, no progress bar); with
+    ``journal=``, the journaled engine."""
     items = list(items) if not isinstance(items, list) else items
     opts = make_options(
         "test", {"backend": "thread", "workers": workers, "progress": False, **options}
@@ -508,16 +510,27 @@ def make_engine(
         made.append(backend)
         return backend
 
-    engine = Engine(
-        Job(_never, SINGLE, items, len(items)),
-        opts,
-        plan(opts, _never),
-        ordered=ordered,
-        fail_fast=fail_fast,
-        clock=clock or ScriptClock(),
-        rng=random.Random(seed),
-        backend=factory,
-    )
+    job = Job(_never, SINGLE, items, len(items))
+    hooks: dict[str, Any] = {
+        "clock": clock or ScriptClock(),
+        "rng": random.Random(seed),
+        "backend": factory,
+    }
+    engine: Engine
+    if opts.journal is None:
+        engine = Engine(
+            job, opts, plan(opts, _never), ordered=ordered, fail_fast=fail_fast, **hooks
+        )
+    else:
+        engine = JournaledEngine(
+            job,
+            opts,
+            plan(opts, _never),
+            ordered=ordered,
+            fail_fast=fail_fast,
+            function="scripted",
+            **hooks,
+        )
     [backend] = made
     return engine, backend
 

@@ -12,12 +12,16 @@ alone with ``-k "seed and 123"``.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from taskfan import Journal
 from taskfan._engine import RETRIED
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 
@@ -172,3 +176,116 @@ def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
     assert report.timed_out == sum(isinstance(v, TaskTimeout) for v in found.values())
     assert report.crashed == sum(isinstance(v, WorkerCrashed) for v in found.values())
     assert backend.closed is not None
+
+
+def _take(engine: Any, count: int | None) -> list[Any]:
+    """The first ``count`` pieces (all with None), with the driver in use, then stop."""
+    if scripted.driver == "blocking":
+        run = engine.run()
+        try:
+            return list(itertools.islice(run, count))
+        finally:
+            run.close()
+
+    async def on_a_loop() -> list[Any]:
+        run = engine.arun()
+        taken: list[Any] = []
+        try:
+            async for piece in run:
+                if count is not None and len(taken) >= count:
+                    break
+                taken.append(piece)
+        finally:
+            await run.aclose()
+        return taken
+
+    return asyncio.run(on_a_loop())
+
+
+def _ended(pieces: list[Any]) -> dict[int, Any]:
+    """Position -> value or error of every task in ``pieces`` (each at most once)."""
+    found: dict[int, Any] = {}
+    for piece in pieces:
+        for i, value in enumerate(piece.values):
+            failure = (piece.failures or {}).get(i)
+            if failure is RETRIED:
+                continue
+            position = piece.seq + i
+            assert position not in found, f"task {position} came back twice"
+            found[position] = value if failure is None else failure.error
+    return found
+
+
+@pytest.mark.parametrize("seed", range(0, 300, 3))
+def test_a_random_workload_that_stops_at_its_first_failure_keeps_the_counts(seed: int) -> None:
+    steps, engine_options, options = _workload(seed)
+    options["errors"] = "raise"
+    engine, backend = make_engine(
+        table(steps), range(len(steps)), fail_fast=True, **engine_options, **options
+    )
+    pieces: list[Any] = []
+    try:
+        pieces.extend(_take(engine, None))
+    except (OSError, ValueError, WorkerCrashed, TaskTimeout, TaskfanError) as error:
+        raised: BaseException | None = error
+    else:
+        raised = None
+    found = _ended(pieces)
+    # What was handed back before the failure is values, each its last run's.
+    for position, value in found.items():
+        assert value == position and backend.runs_of(position)[-1].outcome == "value"
+    report = engine.report
+    assert report.ok + report.failed + report.cancelled == report.total
+    assert report.total == engine.tally.pulled
+    if raised is None:
+        assert sorted(found) == list(range(len(steps)))
+        assert report.failed == report.cancelled == 0
+    else:
+        assert report.failed >= 1, "a failure stopped the run but none is counted"
+        assert backend.closed is not None and backend.closed[1], "the rest was not cancelled"
+
+
+@pytest.mark.parametrize("seed", range(1, 300, 3))
+def test_a_random_workload_left_early_keeps_what_ended_and_counts_the_rest(seed: int) -> None:
+    steps, engine_options, options = _workload(seed)
+    engine_options["ordered"] = True
+    engine, backend = make_engine(table(steps), range(len(steps)), **engine_options, **options)
+    taken = _take(engine, random.Random(seed).randint(1, 3))  # then a break out of the loop
+    kept = _ended(taken + engine.leftover())
+    assert set(_ended(taken)).isdisjoint(_ended(engine.leftover()))
+    for position, outcome in kept.items():
+        last = backend.runs_of(position)[-1]
+        assert last.end is not None
+        if last.outcome == "value":
+            assert outcome == position
+    report = engine.report
+    assert report.ok + report.failed + report.cancelled == report.total == engine.tally.pulled
+    assert report.ok + report.failed >= len(kept)
+    assert backend.closed is not None
+
+
+_JOURNAL_STATUS = {"value": "ok", "raise": "failed", "give_back": "failed", "crash": "crashed"}
+
+
+@pytest.mark.parametrize("seed", range(2, 300, 6))
+def test_a_random_workload_with_a_journal_records_every_task_as_it_ended(
+    seed: int, tmp_path: Path
+) -> None:
+    steps, engine_options, options = _workload(seed)
+    journal = tmp_path / "run.db"
+    engine, backend = make_engine(
+        table(steps), range(len(steps)), journal=journal, **engine_options, **options
+    )
+    pieces = [p for _, p in drive(engine)]
+    found = _ended(pieces)
+    assert sorted(found) == list(range(len(steps)))
+    attempt_of = {p.seq + i: p.ran(i)[0].attempt for p in pieces for i in range(len(p.items))}
+    recorded = Journal(journal).outcomes()
+    assert sorted(recorded) == sorted(found), "the journal and the run disagree on the tasks"
+    for position, outcome in recorded.items():
+        last = backend.runs_of(position)[-1]
+        status = "timeout" if last.outcome == "stopped" else _JOURNAL_STATUS[last.outcome]
+        assert outcome.status == status, (position, outcome, last)
+        assert outcome.attempts == attempt_of[position], (position, outcome)
+        if status == "ok":
+            assert outcome.value == position

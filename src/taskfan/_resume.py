@@ -53,8 +53,10 @@ class JournaledEngine(Engine):
         function: str,
         keys: Sequence[Hashable] | None = None,
         key_fn: Callable[[Any], Any] | None = None,
+        **engine: Any,
     ) -> None:
-        super().__init__(job, options, plan, ordered=ordered, fail_fast=fail_fast)
+        # ``engine``: Engine's own keywords (a test's clock, rng and scripted backend)
+        super().__init__(job, options, plan, ordered=ordered, fail_fast=fail_fast, **engine)
         assert options.journal is not None
         self._store = Store(options.journal, function, options.rerun)
         self._recorder: Recorder | None = None
