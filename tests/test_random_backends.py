@@ -1,0 +1,142 @@
+"""Random mixed workloads on the real backends, checked against what must always hold.
+
+``test_engine_random`` draws thousands of workloads in virtual time; here a few per
+backend run for real: threads, processes (with workers that die), coroutines. Each task
+looks up what its run is to do (the runs of a task are counted in a SafeCounter): return
+at once or after a few milliseconds, raise one of two errors, kill its worker process,
+or outlast the timeout. Whatever was drawn, every task comes back exactly once with the
+outcome of its last run, retries stay within ``retries`` where every run is an attempt,
+and the report counts what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import taskfan
+from taskfan import TaskTimeout, WorkerCrashed
+from taskfan.backends._registry import REGISTRY
+
+SEEDS = range(6)
+LATE = 0.6  # seconds a late run takes: well past TIMEOUT
+TIMEOUT = 0.2
+
+Step = tuple[str, Any]
+
+
+def _plan(seed: int, backend: str) -> tuple[dict[int, list[Step]], dict[str, Any]]:
+    rng = random.Random(seed)
+    entry = REGISTRY[backend]
+    timeouts = entry.timeouts and rng.random() < 0.5
+    many = rng.random() < 0.2  # enough tiny tasks for the process backend's unmarked calls
+    n = rng.randint(300, 600) if many else rng.randint(1, 40)
+    plan: dict[int, list[Step]] = {}
+    for x in range(n):
+        steps: list[Step] = []
+        for _ in range(rng.randint(1, 3)):
+            roll = rng.random() * (4 if many else 1)  # mostly instant when many
+            if roll < 0.45 or roll >= 1:
+                steps.append(("ok", 0.0))
+            elif roll < 0.55:
+                steps.append(("ok", rng.choice([0.002, 0.01, 0.03])))
+            elif roll < 0.70:
+                steps.append(("raise", OSError))
+            elif roll < 0.82:
+                steps.append(("raise", ValueError))
+            elif roll < 0.90 and not entry.in_process:
+                steps.append(("crash", 3))
+            elif timeouts and not many:
+                steps.append(("late", LATE))
+            else:
+                steps.append(("ok", 0.0))
+        plan[x] = steps
+    options: dict[str, Any] = {
+        "errors": "return",
+        "retries": rng.randint(0, 2),
+        "backoff": rng.choice([0, 0.01]),
+        "progress": False,
+        "backend": backend,
+        "workers": rng.randint(1, 4) if entry.many_workers else 1,
+    }
+    if timeouts:
+        options["timeout"] = TIMEOUT
+    if rng.random() < 0.4:
+        options["chunksize"] = rng.randint(1, 8)
+    if rng.random() < 0.3:
+        options["retry_on"] = OSError
+    return plan, options
+
+
+def _step(plan: dict[int, list[Step]], x: int, run: int) -> Step:
+    steps = plan[x]
+    return steps[min(run, len(steps)) - 1]
+
+
+def _task(plan: dict[int, list[Step]], attempts: Any, coroutines: bool) -> Any:
+    def task(x: int) -> int:
+        kind, arg = _step(plan, x, attempts.increment(x))
+        if kind == "raise":
+            raise arg(f"run of {x}")
+        if kind == "crash":
+            os._exit(arg)
+        if arg:
+            time.sleep(arg)
+        return x
+
+    async def atask(x: int) -> int:
+        kind, arg = _step(plan, x, attempts.increment(x))
+        if kind == "raise":
+            raise arg(f"run of {x}")
+        if arg:
+            await asyncio.sleep(arg)
+        return x
+
+    return atask if coroutines else task
+
+
+def _expected(step: Step) -> type[BaseException] | None:
+    kind, arg = step
+    return {"ok": None, "raise": arg, "crash": WorkerCrashed, "late": TaskTimeout}[kind]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_random_mixed_workload_on_a_real_backend(backend: str, seed: int) -> None:
+    plan, options = _plan(seed, backend)
+    n = len(plan)
+    coroutines = REGISTRY[backend].coroutines
+    with taskfan.SafeCounter.make(backend) as attempts:
+        fn = _task(plan, attempts, coroutines)
+        if coroutines:
+            got = asyncio.run(taskfan.amap(fn, range(n), **options))
+            report = None
+        else:
+            it = taskfan.imap(fn, range(n), **options)
+            got = list(it)
+            report = it.report
+        runs = {x: attempts.get(x) for x in range(n)}
+    assert len(got) == n
+    for x, outcome in enumerate(got):
+        assert runs[x] >= 1, f"task {x} came back without running"
+        wanted = _expected(_step(plan, x, runs[x]))  # its last run's outcome
+        if wanted is None:
+            assert outcome == x, (x, outcome, plan[x], runs[x])
+        else:
+            assert isinstance(outcome, wanted), (x, outcome, plan[x], runs[x])
+        if REGISTRY[backend].in_process:
+            # Every run is an attempt (a process backend may run a dead worker's chunk
+            # mates again, uncounted).
+            assert runs[x] <= options["retries"] + 1, (x, plan[x], runs[x])
+    if report is not None:
+        ok = sum(not isinstance(v, BaseException) for v in got)
+        assert (report.total, report.ok, report.failed, report.cancelled) == (n, ok, n - ok, 0)
+        kinds = Counter(type(v) for v in got if isinstance(v, BaseException))
+        assert report.timed_out == kinds[TaskTimeout]
+        assert report.crashed == kinds[WorkerCrashed]
