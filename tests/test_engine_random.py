@@ -289,3 +289,51 @@ def test_a_random_workload_with_a_journal_records_every_task_as_it_ended(
         assert outcome.attempts == attempt_of[position], (position, outcome)
         if status == "ok":
             assert outcome.value == position
+
+
+@pytest.mark.parametrize("seed", range(4, 300, 6))
+def test_a_random_workload_resumed_from_its_journal_runs_only_what_rerun_says(
+    seed: int, tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    steps, engine_options, options = _workload(seed)
+    n = len(steps)
+    journal = tmp_path / "run.db"
+    # The first run: to its end, or left after a piece or two (tasks left unrecorded).
+    first, _ = make_engine(table(steps), range(n), journal=journal, **engine_options, **options)
+    _take(first, rng.choice([None, 1, 2]))
+    before = Journal(journal).outcomes()
+    # The second: other steps for every item, and a rerun policy.
+    rerun = rng.choice(["failed", "missing", "all"])
+    again = {i: _steps(rng, options.get("timeout")) for i in range(n)}
+    second_options = {**engine_options, "seed": seed + 1}
+    engine, backend = make_engine(
+        table(again), range(n), journal=journal, rerun=rerun, **second_options, **options
+    )
+    found = _ended([p for _, p in drive(engine)])
+    assert sorted(found) == list(range(n))
+    kept = {
+        key
+        for key, outcome in before.items()
+        if rerun == "missing" or (rerun == "failed" and outcome.status == "ok")
+    }
+    for position in range(n):
+        runs = backend.runs_of(position)
+        if position in kept:
+            assert not runs, f"task {position} ran again with rerun={rerun!r}"
+            if before[position].status == "ok":
+                assert found[position] == position
+            else:
+                assert isinstance(found[position], BaseException)
+        else:
+            assert runs, f"task {position} was not run again with rerun={rerun!r}"
+            last = runs[-1]
+            if last.outcome == "value":
+                assert found[position] == position
+            else:
+                assert isinstance(found[position], BaseException)
+    assert engine.report.resumed == len(kept)
+    after = Journal(journal).outcomes()
+    assert sorted(after) == list(range(n))
+    for position, outcome in after.items():
+        assert (outcome.status == "ok") == (found[position] == position), (position, outcome)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -330,6 +331,27 @@ def test_a_rate_limited_run_with_no_room_waits_for_a_task_instead_of_spinning(
     assert outcomes(pieces) == {i: i for i in range(40)}
     idle_waits = [(at, timeout) for at, timeout in backend.waits if timeout == 0]
     assert len(idle_waits) <= 5, idle_waits[:10]
+
+
+def test_a_rate_limited_rerun_hands_back_the_resumed_tasks_it_looked_ahead_to(
+    tmp_path: Path,
+) -> None:
+    # Task 2 failed in the first run. Rerun with a rate limit, it is the only task to
+    # run, and it ends before the next slot; looking for that slot's task, the engine
+    # takes 3 and 4, resumed from the journal and so ended at once. It used to find
+    # nothing in flight and raise "nothing to wait for (this is a bug)".
+    journal = tmp_path / "run.db"
+    first, _ = make_engine(
+        table({2: fail(0.25, ValueError)}, default=ok(0.25)), range(5), journal=journal,
+        errors="return",
+    )  # fmt: skip
+    drive(first)
+    engine, backend = make_engine(
+        table({}, default=ok(0.25)), range(5), journal=journal, rate="2/s"
+    )
+    assert outcomes(drive(engine)) == {i: i for i in range(5)}
+    assert [r.item for r in backend.runs] == [2]
+    assert engine.report.resumed == 4
 
 
 # --- a slow item holding back its chunk ------------------------------------------------------

@@ -87,6 +87,24 @@ def test_rerun_failed_runs_only_the_failures(opts: dict[str, Any], tmp_path: Pat
     assert ran(log) == Counter({str(x): 2 if x in (3, 7) else 1 for x in range(10)})
 
 
+def test_a_rate_limited_rerun_ends_with_the_resumed_tasks_after_the_last_failure(
+    opts: dict[str, Any], tmp_path: Path
+) -> None:
+    # Item 7 failed; items 8 and 9 come after it in the journal. Rerun with a rate
+    # limit, 7 runs at once and ends before the next rate slot: the engine then looked
+    # ahead for the slot's task, took 8 and 9 (resumed, so settled at once) and, with
+    # nothing left in flight, raised "nothing to wait for (this is a bug)" instead of
+    # handing them back.
+    log, flag, fn = setup(tmp_path, failing=(7,))
+    journal = tmp_path / "run.db"
+    taskfan.map(fn, range(10), journal=journal, errors="return", **opts)
+    flag.write_text("")  # mended
+    it = taskfan.imap(fn, range(10), journal=journal, rate=2, **opts)
+    assert list(it) == [{"x": x, "square": x * x} for x in range(10)]
+    assert it.report.resumed == 9
+    assert ran(log) == Counter({str(x): 2 if x == 7 else 1 for x in range(10)})
+
+
 def test_rerun_missing_keeps_the_failures(opts: dict[str, Any], tmp_path: Path) -> None:
     log, flag, fn = setup(tmp_path, failing=(2,))
     journal = tmp_path / "run.db"

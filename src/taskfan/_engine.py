@@ -396,6 +396,8 @@ class Engine:
             await _turn()
             return
         timeout = self._wake_in()
+        if self._out:
+            return  # _wake_in took input that ended at once: hand it out before waiting
         backend = self._backend
         done = backend.wait(0) if self._inflight else []
         if not done:
@@ -663,6 +665,8 @@ class Engine:
     def _step(self) -> None:
         """Wait for the next event (blocking), then act on it."""
         timeout = self._wake_in()
+        if self._out:
+            return  # _wake_in took input (a rate slot's peek) that ended at once: see there
         if self._inflight:
             done = self._backend.wait(timeout)
         else:
@@ -714,6 +718,13 @@ class Engine:
                 observer.tick(now, self.tally)
 
     def _wake_in(self) -> float | None:
+        """Seconds until the next timed event (None: only a call's end can come).
+
+        With a rate limit it may take input (:meth:`_has_work`), and a journaled run
+        settles the resumed tasks it takes at once, into ``_out``: the caller must then
+        hand those out instead of waiting (with nothing in flight and the input taken,
+        it would find nothing to wait for).
+        """
         now = self.clock.now()
         wake = math.inf
         if self._timers:
