@@ -27,7 +27,7 @@ import asyncio
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ from taskfan.backends._base import (
 
 __all__ = [
     "EngineStuck",
+    "InputBroken",
     "Run",
     "ScriptClock",
     "ScriptedBackend",
@@ -486,11 +487,14 @@ def make_engine(
     lose_results: bool = False,
     cut_notice: bool = False,
     chunk_seconds: float | None = None,
+    lazy: bool = False,
+    input_fails_after: int | None = None,
     **options: Any,
 ) -> tuple[Engine, ScriptedBackend]:
     """An Engine on a ScriptedBackend with ``workers`` workers, in virtual time, as
     ``tests/test_engine_time.py`` builds one (seeded rng, no progress bar); with
-    ``journal=``, the journaled engine."""
+    ``journal=``, the journaled engine. ``lazy``: the input is a generator (no length),
+    which raises InputBroken after ``input_fails_after`` items if that is given."""
     items = list(items) if not isinstance(items, list) else items
     opts = make_options(
         "test", {"backend": "thread", "workers": workers, "progress": False, **options}
@@ -510,7 +514,10 @@ def make_engine(
         made.append(backend)
         return backend
 
-    job = Job(_never, SINGLE, items, len(items))
+    if lazy or input_fails_after is not None:
+        job = Job(_never, SINGLE, _lazily(items, input_fails_after), None)
+    else:
+        job = Job(_never, SINGLE, items, len(items))
     hooks: dict[str, Any] = {
         "clock": clock or ScriptClock(),
         "rng": random.Random(seed),
@@ -533,6 +540,19 @@ def make_engine(
         )
     [backend] = made
     return engine, backend
+
+
+class InputBroken(Exception):
+    """What a scripted lazy input raises when told to fail."""
+
+
+def _lazily(items: list[Any], fails_after: int | None) -> Iterator[Any]:
+    for i, item in enumerate(items):
+        if i == fails_after:
+            raise InputBroken(f"the input broke after {i} items")
+        yield item
+    if fails_after is not None and fails_after >= len(items):
+        raise InputBroken(f"the input broke after {len(items)} items")
 
 
 #: which driver :func:`drive` uses: the blocking one, or the one on an event loop

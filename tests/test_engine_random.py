@@ -26,7 +26,18 @@ from taskfan._engine import RETRIED
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 
 from . import scripted
-from .scripted import Step, crash, drive, fail, give_back, hang, make_engine, ok, table
+from .scripted import (
+    InputBroken,
+    Step,
+    crash,
+    drive,
+    fail,
+    give_back,
+    hang,
+    make_engine,
+    ok,
+    table,
+)
 
 SEEDS = range(150)
 #: durations are binary fractions, so instants compare exactly
@@ -63,7 +74,18 @@ def _steps(rng: random.Random, timeout: float | None) -> list[Step]:
     return steps
 
 
-def _workload(seed: int) -> tuple[dict[int, list[Step]], dict[str, Any], dict[str, Any]]:
+class Heavy(int):
+    """A result that says it weighs a megabyte (the window weighs results with getsizeof)."""
+
+    def __sizeof__(self) -> int:
+        return 2**20
+
+
+def _workload(
+    seed: int, *, any_input: bool = False
+) -> tuple[dict[int, list[Step]], dict[str, Any], dict[str, Any]]:
+    """A workload drawn from ``seed``; ``any_input``: the input may also be a generator
+    (no length), one that breaks partway."""
     rng = random.Random(seed)
     timeout = rng.choice([None, 2.0])
     n = rng.randint(1, 40)
@@ -95,6 +117,14 @@ def _workload(seed: int) -> tuple[dict[int, list[Step]], dict[str, Any], dict[st
         options["rate"] = rng.choice([2.0, 8.0])
     if rng.random() < 0.2:
         options["backoff_max"] = 1.0
+    if rng.random() < 0.2:  # results that weigh: in order, the byte bound stops intake
+        options["window_bytes"] = 3 * 2**20
+        for i, runs in steps.items():
+            steps[i] = [Step(s.seconds, s.kind, Heavy(i)) if s.kind == "value" else s for s in runs]
+    if any_input and rng.random() < 0.3:
+        engine_options["lazy"] = True
+        if rng.random() < 0.4:
+            engine_options["input_fails_after"] = rng.randint(0, n)
     return steps, engine_options, options
 
 
@@ -108,10 +138,17 @@ _STATUS = {
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
-    steps, engine_options, options = _workload(seed)
-    n = len(steps)
-    engine, backend = make_engine(table(steps), range(n), **engine_options, **options)
-    pieces = drive(engine)
+    steps, engine_options, options = _workload(seed, any_input=True)
+    breaks_at = engine_options.get("input_fails_after")
+    engine, backend = make_engine(table(steps), range(len(steps)), **engine_options, **options)
+    if breaks_at is None:
+        pieces = drive(engine)
+    else:
+        # The tasks taken before the input broke all end and come back; then its error.
+        pieces = []
+        with pytest.raises(InputBroken):
+            _drive_into(engine, pieces)
+    n = len(steps) if breaks_at is None else min(breaks_at, len(steps))
 
     # Every task comes back exactly once, and in input order when asked.
     found: dict[int, Any] = {}
@@ -131,38 +168,9 @@ def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
             attempt_of[position] = piece.ran(i)[0].attempt
     assert sorted(found) == list(range(n)), "a task was lost"
 
-    retried_types = options.get("retry_on", (Exception,))
     for item in range(n):
-        runs = backend.runs_of(item)
-        assert runs, f"task {item} came back without running"
-        assert all(r.end is not None for r in runs), f"task {item} still runs at the end"
-        last, outcome = runs[-1], found[item]
-        # Its outcome is that of its last run.
-        if last.outcome == "value":
-            assert outcome == item
-        elif last.outcome == "stopped":
-            assert isinstance(outcome, TaskTimeout)
-        else:
-            assert isinstance(outcome, _STATUS[last.outcome]), (item, last, outcome)
-        assert attempt_of[item] <= options["retries"] + 1, f"task {item} retried too often"
-        # Runs that failed count as attempts, except on processes, where a dead worker's
-        # chunk mates run again on the same attempt, and a call handed back unrun: that
-        # counts only when nothing in it had run (see test_engine_scripted).
-        hard = sum(r.outcome not in ("value", "give_back") for r in runs)
-        soft = sum(r.outcome == "give_back" for r in runs)
-        succeeded = last.outcome == "value"
-        if engine_options["lose_results"]:
-            assert attempt_of[item] <= hard + soft + succeeded
-            continue
-        least = hard + succeeded + (last.outcome == "give_back")
-        assert least <= attempt_of[item] <= hard + soft + succeeded, (item, runs)
-        # Each retry followed a failure that retry_on covers (a crash, a timeout always do).
-        for run in runs[:-1]:
-            error = steps[item][min(run.run, len(steps[item])) - 1].error
-            if run.outcome == "raise":
-                assert isinstance(error, type) and issubclass(error, retried_types), (
-                    f"task {item} was retried after {error.__name__}"
-                )
+        _check_task(item, found[item], attempt_of[item], backend.runs_of(item), steps=steps,
+                    options=options, process_like=engine_options["lose_results"])  # fmt: skip
 
     report = engine.report
     ok_count = sum(1 for v in found.values() if not isinstance(v, BaseException))
@@ -176,6 +184,67 @@ def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
     assert report.timed_out == sum(isinstance(v, TaskTimeout) for v in found.values())
     assert report.crashed == sum(isinstance(v, WorkerCrashed) for v in found.values())
     assert backend.closed is not None
+
+
+def _check_task(
+    item: int,
+    outcome: Any,
+    attempt: int,
+    runs: list[Any],
+    *,
+    steps: dict[int, list[Step]],
+    options: dict[str, Any],
+    process_like: bool,
+) -> None:
+    """One task's outcome and attempts against the runs the fake recorded for it."""
+    assert runs, f"task {item} came back without running"
+    assert all(r.end is not None for r in runs), f"task {item} still runs at the end"
+    last = runs[-1]
+    # Its outcome is that of its last run.
+    if last.outcome == "value":
+        assert outcome == item
+    elif last.outcome == "stopped":
+        assert isinstance(outcome, TaskTimeout)
+    else:
+        assert isinstance(outcome, _STATUS[last.outcome]), (item, last, outcome)
+    assert attempt <= options["retries"] + 1, f"task {item} retried too often"
+    # Runs that failed count as attempts, except on processes, where a dead worker's
+    # chunk mates run again on the same attempt, and a call handed back unrun: that
+    # counts only when nothing in it had run (see test_engine_scripted).
+    hard = sum(r.outcome not in ("value", "give_back") for r in runs)
+    soft = sum(r.outcome == "give_back" for r in runs)
+    succeeded = last.outcome == "value"
+    if process_like:
+        assert attempt <= hard + soft + succeeded
+        return
+    least = hard + succeeded + (last.outcome == "give_back")
+    assert least <= attempt <= hard + soft + succeeded, (item, runs)
+    # Each retry followed a failure that retry_on covers (a crash, a timeout always do).
+    retried_types = options.get("retry_on", (Exception,))
+    for run in runs[:-1]:
+        error = steps[item][min(run.run, len(steps[item])) - 1].error
+        if run.outcome == "raise":
+            assert isinstance(error, type) and issubclass(error, retried_types), (
+                f"task {item} was retried after {error.__name__}"
+            )
+
+
+def _drive_into(engine: Any, pieces: list[Any]) -> None:
+    """:func:`drive`, keeping in ``pieces`` what came before an exception."""
+    if scripted.driver == "blocking":
+        for piece in engine.run():
+            pieces.append((engine.clock.now(), piece))
+        return
+
+    async def on_a_loop() -> None:
+        run = engine.arun()
+        try:
+            async for piece in run:
+                pieces.append((engine.clock.now(), piece))
+        finally:
+            await run.aclose()
+
+    asyncio.run(on_a_loop())
 
 
 def _take(engine: Any, count: int | None) -> list[Any]:
