@@ -165,3 +165,44 @@ def test_a_random_mixed_workload_on_a_real_backend(backend: str, seed: int) -> N
         kinds = Counter(type(v) for v in got if isinstance(v, BaseException))
         assert report.timed_out == kinds[TaskTimeout]
         assert report.crashed == kinds[WorkerCrashed]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_random_workload_left_early_on_a_real_backend(backend: str, seed: int) -> None:
+    # A break after a few results cancels the rest: the counts add up, and nothing is
+    # left running (the autouse fixture checks threads and processes after each test).
+    plan, options = _plan(seed, backend)
+    n = len(plan)
+    keep = random.Random(seed).randint(1, max(1, n // 2))
+    coroutines = REGISTRY[backend].coroutines
+    ordered = options.pop("ordered", True)
+    with taskfan.SafeCounter.make(backend) as attempts:
+        fn = _task(plan, attempts, coroutines)
+        if coroutines:
+            got, report = asyncio.run(_first(fn, n, keep, ordered, options))
+        else:
+            with taskfan.imap(fn, range(n), ordered=ordered, **options) as it:
+                got = [value for value, _ in zip(it, range(keep), strict=False)]
+            report = it.report
+    assert len(got) == min(keep, n)
+    if ordered:
+        for x, outcome in enumerate(got):
+            assert outcome == x or isinstance(outcome, BaseException)
+    assert report.ok + report.failed + report.cancelled == report.total
+    assert report.ok + report.failed >= len(got)
+
+
+async def _first(
+    fn: Any, n: int, keep: int, ordered: bool, options: dict[str, Any]
+) -> tuple[list[Any], Any]:
+    got: list[Any] = []
+    run = taskfan.aimap(fn, range(n), ordered=ordered, **options)
+    try:
+        async for value in run:
+            got.append(value)
+            if len(got) >= keep:
+                break
+    finally:
+        await run.aclose()
+    return got, run.report
