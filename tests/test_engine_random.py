@@ -121,6 +121,9 @@ def _workload(
         options["window_bytes"] = 3 * 2**20
         for i, runs in steps.items():
             steps[i] = [Step(s.seconds, s.kind, Heavy(i)) if s.kind == "value" else s for s in runs]
+    if rng.random() < 0.15:  # the log observer asks the engine to wake it on time too
+        options["progress"] = "log"
+        options["progress_every"] = rng.choice([0.25, 1.0])
     if any_input and rng.random() < 0.3:
         engine_options["lazy"] = True
         if rng.random() < 0.4:
