@@ -577,7 +577,11 @@ class ProcessBackend(Backend):
             child_control,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
-        with starting(method):
+        # A Ctrl+C during a fork reaches Python inside the fork's after-hooks in this
+        # process (logging's lock release, for one), where CPython prints the
+        # KeyboardInterrupt as "Exception ignored" and drops it: the run went on, deaf,
+        # until a second Ctrl+C. Held for the start, it is raised once the worker exists.
+        with ctrl_c_deferred(), starting(method):
             process.start()
         child_conn.close()
         child_dump.close()
