@@ -184,13 +184,45 @@ if __name__ == "__main__":
 """
 
 
+FINALIZER_SCRIPT = """
+import os, signal, sys, time, taskfan
+from multiprocessing import connection
+
+fired = []
+finalize = connection._ConnectionBase.__del__
+
+def ctrl_c_now(self):
+    # A Ctrl+C that arrives while a pipe to a worker is freed: the handler runs in the
+    # Connection's __del__.
+    if not fired:
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+    finalize(self)
+
+def task(x):
+    if x == 0:
+        os._exit(3)  # a worker that dies: its pipes are freed during the run
+    time.sleep(1000)
+
+if __name__ == "__main__":
+    connection._ConnectionBase.__del__ = ctrl_c_now
+    try:
+        taskfan.map(task, range(4), backend="process", workers=2, progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(0)
+    print("not interrupted", flush=True)
+"""
+
+
 @pytest.mark.timeout(60)
-def test_ctrl_c_while_a_worker_is_forked_is_not_lost(tmp_path: Path) -> None:
-    # CPython drops an exception raised in an after-fork hook ("Exception ignored"),
-    # and a KeyboardInterrupt raised there was one: the run went on with its tasks
-    # stuck, deaf to that Ctrl+C (found by test_random_interrupt). The program has a
-    # single thread, so taskfan forks its workers.
-    proc = run_script(FORK_SCRIPT, tmp_path)
+@pytest.mark.parametrize("script", [FORK_SCRIPT, FINALIZER_SCRIPT], ids=["fork", "finalizer"])
+def test_ctrl_c_while_python_runs_a_side_effect_is_not_lost(script: str, tmp_path: Path) -> None:
+    # CPython drops an exception raised where Python code runs as a side effect, printing
+    # "Exception ignored": in an after-fork hook, in a __del__. A KeyboardInterrupt raised
+    # there was one: the run went on with its tasks stuck, deaf to that Ctrl+C (found by
+    # test_random_interrupt). The program has a single thread, so taskfan forks.
+    proc = run_script(script, tmp_path)
     try:
         out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:

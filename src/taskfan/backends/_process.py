@@ -179,6 +179,7 @@ class ProcessBackend(Backend):
         self._lifeline: Any = None
         self._lifeline_writer: Any = None
         self._closed = False
+        self._graveyard: list[_Worker] = []  # ended workers, freed under a held Ctrl+C
 
     # --- the Backend interface ---------------------------------------------------------------
 
@@ -211,6 +212,9 @@ class ProcessBackend(Backend):
         self._assign()
 
     def wait(self, timeout: float | None) -> list[Done]:
+        if self._graveyard:
+            with ctrl_c_deferred():  # (see _spawn)
+                self._graveyard.clear()
         if self._ready:
             timeout = 0
         owners: dict[Any, _Worker] = {}
@@ -299,30 +303,35 @@ class ProcessBackend(Backend):
     def close(self, cancel: bool) -> None:
         # Safe to call again (the exit hook does, after an interrupted close): it works
         # on what is still open rather than on a flag set before the work was done.
+        # (What it drops dies in there too, its finalizers held from Ctrl+C: see _spawn.)
         with ctrl_c_deferred():
-            self._closed = True  # no new worker from here on
-            self.wake_me(None)
-            workers = list(self._workers)
-            for worker in workers:
-                if cancel:
-                    _kill_tree(worker.process)
-                else:
-                    _send_quietly(worker.conn, STOP)
-            if self._lifeline_writer is not None:
-                self._lifeline_writer.close()  # any worker still alive sees its parent go
-            deadline = time.monotonic() + (1.0 if cancel else 5.0)
-            for worker in workers:
-                worker.process.join(max(0.0, deadline - time.monotonic()))
-                if worker.process.is_alive():
-                    _kill(worker.process)
-                worker.conn.close()
-                worker.dump.close()
-                worker.control.close()
-                self._workers.remove(worker)
-            if self._lifeline is not None:
-                self._lifeline.close()
-            self._queue.clear()
-            _open_backends.discard(self)
+            self._close(cancel)
+            self._graveyard.clear()
+
+    def _close(self, cancel: bool) -> None:
+        self._closed = True  # no new worker from here on
+        self.wake_me(None)
+        workers = list(self._workers)
+        for worker in workers:
+            if cancel:
+                _kill_tree(worker.process)
+            else:
+                _send_quietly(worker.conn, STOP)
+        if self._lifeline_writer is not None:
+            self._lifeline_writer.close()  # any worker still alive sees its parent go
+        deadline = time.monotonic() + (1.0 if cancel else 5.0)
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                _kill(worker.process)
+            worker.conn.close()
+            worker.dump.close()
+            worker.control.close()
+            self._workers.remove(worker)
+        if self._lifeline is not None:
+            self._lifeline.close()
+        self._queue.clear()
+        _open_backends.discard(self)
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -544,6 +553,7 @@ class ProcessBackend(Backend):
         worker.conn.close()
         worker.dump.close()
         worker.control.close()
+        self._graveyard.append(worker)  # freed by the next wait or close (see _spawn)
 
     # --- workers ------------------------------------------------------------------------
 
@@ -554,6 +564,20 @@ class ProcessBackend(Backend):
             self._spawn()
 
     def _spawn(self) -> None:
+        # A Ctrl+C is held while a worker starts, and while the objects of the workers
+        # that ended are freed, for the same reason: CPython drops a KeyboardInterrupt
+        # raised where Python code runs as a side effect, printing "Exception ignored".
+        # A fork runs such code (its after-hooks: logging's lock release, for one), and
+        # so does freeing a Connection (its __del__) or a process (its Popen's Finalize).
+        # A Ctrl+C that came then was lost: the run went on, deaf to it, until a second
+        # one. Held here, it is raised when the block ends. So that what a start drops
+        # dies inside, it is a method of its own; ended workers wait in the graveyard,
+        # freed at the start of the next wait (when no caller's frame holds one any
+        # more) or by close, each time with Ctrl+C held too.
+        with ctrl_c_deferred():
+            self._workers.append(self._start_worker())
+
+    def _start_worker(self) -> _Worker:
         assert self._marks is not None
         slot = self._free.pop()
         base = slot * SLOT_FIELDS
@@ -577,18 +601,14 @@ class ProcessBackend(Backend):
             child_control,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
-        # A Ctrl+C during a fork reaches Python inside the fork's after-hooks in this
-        # process (logging's lock release, for one), where CPython prints the
-        # KeyboardInterrupt as "Exception ignored" and drops it: the run went on, deaf,
-        # until a second Ctrl+C. Held for the start, it is raised once the worker exists.
-        with ctrl_c_deferred(), starting(method):
+        with starting(method):
             process.start()
         child_conn.close()
         child_dump.close()
         child_control.close()
         worker = _Worker(process, conn, dump, slot, name)
         worker.control = control
-        self._workers.append(worker)
+        return worker
 
 
 _IDLE_HINT = (
