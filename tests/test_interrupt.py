@@ -232,3 +232,40 @@ def test_ctrl_c_while_python_runs_a_side_effect_is_not_lost(script: str, tmp_pat
         raise AssertionError(message) from None
     assert out.strip() == "interrupted", f"stdout={out!r} stderr={err[-2000:]!r}"
     assert "Exception ignored" not in err, err
+
+
+UNHELD_SCRIPT = """
+import gc, os, signal, taskfan
+from multiprocessing import connection
+
+finalize = connection._ConnectionBase.__del__
+unheld = []
+
+def note_unheld(self):
+    # A Ctrl+C now would be raised in this __del__, and dropped by CPython.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        unheld.append(True)
+    finalize(self)
+
+def task(x):
+    if x % 3 == 0:
+        os._exit(3)  # workers that die: their pipes are freed during the run
+    return x
+
+if __name__ == "__main__":
+    connection._ConnectionBase.__del__ = note_unheld
+    got = taskfan.map(task, range(9), backend="process", workers=2, errors="return",
+                      progress=False)
+    assert [x for x in got if isinstance(x, int)] == [1, 2, 4, 5, 7, 8], got
+    gc.collect()
+    print("freed with Ctrl+C not held:", len(unheld), flush=True)
+"""
+
+
+def test_the_process_backend_frees_its_pipes_only_while_ctrl_c_is_held(tmp_path: Path) -> None:
+    # A Ctrl+C that comes while a Connection is freed is raised in its __del__ and lost
+    # (see above): the process backend frees its own pipes, those of workers that died
+    # included, only inside blocks that hold it, and none after the call returned.
+    proc = run_script(UNHELD_SCRIPT, tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert out.strip() == "freed with Ctrl+C not held: 0", f"stdout={out!r} stderr={err[-2000:]!r}"

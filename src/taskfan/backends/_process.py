@@ -330,6 +330,9 @@ class ProcessBackend(Backend):
             self._workers.remove(worker)
         if self._lifeline is not None:
             self._lifeline.close()
+        # Dropped here, under the held Ctrl+C, rather than with this object after the run
+        self._lifeline = self._lifeline_writer = None
+        self._marks = self._slots = None
         self._queue.clear()
         _open_backends.discard(self)
 
