@@ -173,6 +173,9 @@ class AsyncBackend(Backend):
         self._own.join(timeout=1.0)
         if not self._own.is_alive():
             loop.close()
+            # Freed here, where the engine holds Ctrl+C, not once the call has returned:
+            # a Ctrl+C that came in the loop's __del__ then would be dropped by CPython.
+            self._loop = None
         self._own = None
 
     async def wait_closed(self) -> None:
