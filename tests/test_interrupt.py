@@ -291,16 +291,46 @@ if __name__ == "__main__":
 """
 
 
+BAR_SCRIPT = """
+import gc, io, signal, sys, taskfan, tqdm
+
+finalize = tqdm.tqdm.__del__
+unheld = []
+
+def note_unheld(self):
+    # A Ctrl+C now would be raised in this __del__, and dropped by CPython.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        unheld.append(True)
+    finalize(self)
+
+def same(x):
+    return x
+
+if __name__ == "__main__":
+    tqdm.tqdm.__del__ = note_unheld
+    sys.stderr = io.StringIO()  # the bars draw here
+    for backend in ("serial", "thread", "process", "async"):
+        assert taskfan.map(same, range(20), backend=backend, progress=True) == list(range(20))
+    it = taskfan.imap(same, range(20), backend="thread", progress=True)
+    next(it)
+    it.close()
+    gc.collect()
+    print("freed with Ctrl+C not held:", len(unheld), flush=True)
+"""
+
+
 @pytest.mark.parametrize(
-    "script", [UNHELD_SCRIPT, LOOP_SCRIPT], ids=["process pipes", "async event loop"]
+    "script",
+    [UNHELD_SCRIPT, LOOP_SCRIPT, BAR_SCRIPT],
+    ids=["process pipes", "async event loop", "progress bar"],
 )
 def test_a_backend_frees_what_has_a_finalizer_only_while_ctrl_c_is_held(
     script: str, tmp_path: Path
 ) -> None:
     # A Ctrl+C that comes while such an object is freed is raised in its __del__ and
     # lost (see above). The process backend frees its own pipes, those of workers that
-    # died included, and the async backend its own event loop, only inside blocks that
-    # hold Ctrl+C, and nothing of theirs is left to free after the call returned.
+    # died included, the async backend its own event loop, and the engine its progress
+    # bar, only inside blocks that hold Ctrl+C: nothing is left to free after the call.
     proc = run_script(script, tmp_path)
     out, err = proc.communicate(timeout=30)
     assert out.strip() == "freed with Ctrl+C not held: 0", f"stdout={out!r} stderr={err[-2000:]!r}"

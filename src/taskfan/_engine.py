@@ -455,9 +455,11 @@ class Engine:
                 if self._opened:
                     self._backend.close(cancel=not self._complete)
             finally:
-                report = self.report
-                for observer in self._observers:
-                    observer.close(report)
+                # Freed here, with Ctrl+C held: a tqdm bar's __del__ run once the call
+                # has returned would drop a Ctrl+C that came then (CPython prints it as
+                # "Exception ignored"). ``bar`` is the do-nothing stand-in from now on.
+                observers, self._observers = self._observers, []
+                _close_all(observers, self.report)
 
     def _salvage(self) -> None:
         """Keep what ended but was not yet taken in (Ctrl+C, an error, a break)."""
@@ -1040,6 +1042,12 @@ class Engine:
         now, draw, ids, timers = self.clock.now(), self._rng.random, self._ids, self._timers
         for span in spans:
             heapq.heappush(timers, (now + draw() * cap, next(ids), span))
+
+
+def _close_all(observers: list[Observer], report: Report) -> None:
+    """Close ``observers`` and let them go (a function: its frame holds the last one)."""
+    while observers:
+        observers.pop().close(report)
 
 
 def _weigh(values: list[Any]) -> int:
