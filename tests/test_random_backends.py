@@ -206,3 +206,40 @@ async def _first(
     finally:
         await run.aclose()
     return got, run.report
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("front", ["Runner", "Parallelized"])
+def test_a_random_workload_through_the_keyed_fronts(backend: str, seed: int, front: str) -> None:
+    # The same workloads through Runner (keyed tasks, Results) and Parallelized
+    # (kwargs, result, error in completion order): each task's outcome once, its last
+    # run's. (Coroutines have their own front tests: these use plain functions.)
+    if REGISTRY[backend].coroutines:
+        pytest.skip("plain functions only")
+    plan, options = _plan(seed, backend)
+    options.pop("ordered", None)
+    options.pop("errors")  # neither front takes it: failures come back with the results
+    n = len(plan)
+    got: dict[int, Any] = {}
+    with taskfan.SafeCounter.make(backend) as attempts:
+        fn = _task(plan, attempts, coroutines=False)
+        if front == "Runner":
+            runner = taskfan.Runner(**options)
+            for x in range(n):
+                runner.add(f"task {x}", fn, x)
+            for key, outcome in runner.run().items():
+                got[int(key.split()[1])] = outcome
+        else:
+            with taskfan.Parallelized(fn, [{"x": x} for x in range(n)], **options) as run:
+                for kwargs, result, error in run:
+                    assert kwargs["x"] not in got, f"task {kwargs['x']} came back twice"
+                    got[kwargs["x"]] = result if error is None else error
+        runs = {x: attempts.get(x) for x in range(n)}
+    assert sorted(got) == list(range(n)), "a task was lost"
+    for x, outcome in got.items():
+        wanted = _expected(_step(plan, x, runs[x]))
+        if wanted is None:
+            assert outcome == x, (x, outcome, plan[x], runs[x])
+        else:
+            assert _kind(outcome) is wanted, (x, outcome, plan[x], runs[x])
