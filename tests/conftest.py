@@ -17,6 +17,8 @@ import pytest
 
 from taskfan.backends._registry import REGISTRY, Registration
 
+from . import scripted
+
 # Every backend that can run here: a backend is tested by every behaviour test the
 # moment it is registered.
 BACKENDS = [entry.name for entry in REGISTRY.values() if entry.missing is None]
@@ -32,6 +34,15 @@ def backends_that(can: Callable[[Registration], bool]) -> list[str]:
 def backend(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     return str(request.param)
+
+
+@pytest.fixture(params=scripted.DRIVERS)
+def each_driver(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run a scripted-engine test on both drivers of the engine: the same policy, the
+    same virtual instants, whether it blocks or awaits (``pytestmark`` of such modules)."""
+    scripted.driver = request.param
+    yield
+    scripted.driver = "blocking"
 
 
 @pytest.fixture

@@ -55,8 +55,10 @@ __all__ = [
     "ScriptedBackend",
     "Sent",
     "Step",
+    "attempts",
     "crash",
     "drive",
+    "ended",
     "fail",
     "give_back",
     "hang",
@@ -577,9 +579,14 @@ def drive(engine: Engine) -> list[tuple[float, Piece]]:
 
 
 def outcomes(pieces: Iterable[tuple[float, Piece]]) -> dict[int, Any]:
-    """Position -> value, or the exception of a failed task."""
+    """Position -> value, or the exception of a failed task (of what :func:`drive` gave)."""
+    return ended(piece for _, piece in pieces)
+
+
+def ended(pieces: Iterable[Piece]) -> dict[int, Any]:
+    """Position -> value, or the exception of a failed task; each task at most once."""
     found: dict[int, Any] = {}
-    for _, piece in pieces:
+    for piece in pieces:
         for i, value in enumerate(piece.values):
             failure = (piece.failures or {}).get(i)
             if failure is RETRIED:
@@ -588,3 +595,13 @@ def outcomes(pieces: Iterable[tuple[float, Piece]]) -> dict[int, Any]:
             assert position not in found, f"task {position} ended twice"
             found[position] = value if failure is None else failure.error
     return found
+
+
+def attempts(pieces: Iterable[tuple[float, Piece]]) -> dict[int, int]:
+    """Position -> the attempt number its outcome came from (of what :func:`drive` gave)."""
+    return {
+        p.seq + i: p.ran(i)[0].attempt
+        for _, p in pieces
+        for i in range(len(p.items))
+        if (p.failures or {}).get(i) is not RETRIED
+    }

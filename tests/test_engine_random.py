@@ -15,27 +15,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskfan import Journal
-from taskfan._engine import RETRIED
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 
 from . import scripted
 from .scripted import (
     InputBroken,
     Step,
+    attempts,
     crash,
     drive,
+    ended,
     fail,
     give_back,
     hang,
     make_engine,
     ok,
+    outcomes,
     table,
 )
 
@@ -44,11 +45,7 @@ SEEDS = range(150)
 DURATIONS = (0.0, 0.25, 0.5, 1.0, 3.0)
 
 
-@pytest.fixture(autouse=True, params=scripted.DRIVERS)
-def _driver(request: pytest.FixtureRequest) -> Iterator[None]:
-    scripted.driver = request.param
-    yield
-    scripted.driver = "blocking"
+pytestmark = pytest.mark.usefixtures("each_driver")  # (see conftest)
 
 
 def _steps(rng: random.Random, timeout: float | None) -> list[Step]:
@@ -154,21 +151,12 @@ def test_a_random_mixed_workload_keeps_every_promise(seed: int) -> None:
     n = len(steps) if breaks_at is None else min(breaks_at, len(steps))
 
     # Every task comes back exactly once, and in input order when asked.
-    found: dict[int, Any] = {}
-    attempt_of: dict[int, int] = {}
-    expected_seq = 0
-    for _, piece in pieces:
-        if engine_options["ordered"]:
+    if engine_options["ordered"]:
+        expected_seq = 0
+        for _, piece in pieces:
             assert piece.seq == expected_seq, f"piece at {piece.seq}, {expected_seq} expected"
             expected_seq += len(piece.values)
-        for i, value in enumerate(piece.values):
-            failure = (piece.failures or {}).get(i)
-            if failure is RETRIED:
-                continue
-            position = piece.seq + i
-            assert position not in found, f"task {position} came back twice"
-            found[position] = value if failure is None else failure.error
-            attempt_of[position] = piece.ran(i)[0].attempt
+    found, attempt_of = outcomes(pieces), attempts(pieces)
     assert sorted(found) == list(range(n)), "a task was lost"
 
     for item in range(n):
@@ -274,20 +262,6 @@ def _take(engine: Any, count: int | None) -> list[Any]:
     return asyncio.run(on_a_loop())
 
 
-def _ended(pieces: list[Any]) -> dict[int, Any]:
-    """Position -> value or error of every task in ``pieces`` (each at most once)."""
-    found: dict[int, Any] = {}
-    for piece in pieces:
-        for i, value in enumerate(piece.values):
-            failure = (piece.failures or {}).get(i)
-            if failure is RETRIED:
-                continue
-            position = piece.seq + i
-            assert position not in found, f"task {position} came back twice"
-            found[position] = value if failure is None else failure.error
-    return found
-
-
 @pytest.mark.parametrize("seed", range(0, 300, 3))
 def test_a_random_workload_that_stops_at_its_first_failure_keeps_the_counts(seed: int) -> None:
     steps, engine_options, options = _workload(seed)
@@ -302,7 +276,7 @@ def test_a_random_workload_that_stops_at_its_first_failure_keeps_the_counts(seed
         raised: BaseException | None = error
     else:
         raised = None
-    found = _ended(pieces)
+    found = ended(pieces)
     # What was handed back before the failure is values, each its last run's.
     for position, value in found.items():
         assert value == position and backend.runs_of(position)[-1].outcome == "value"
@@ -323,8 +297,8 @@ def test_a_random_workload_left_early_keeps_what_ended_and_counts_the_rest(seed:
     engine_options["ordered"] = True
     engine, backend = make_engine(table(steps), range(len(steps)), **engine_options, **options)
     taken = _take(engine, random.Random(seed).randint(1, 3))  # then a break out of the loop
-    kept = _ended(taken + engine.leftover())
-    assert set(_ended(taken)).isdisjoint(_ended(engine.leftover()))
+    kept = ended(taken + engine.leftover())
+    assert set(ended(taken)).isdisjoint(ended(engine.leftover()))
     for position, outcome in kept.items():
         last = backend.runs_of(position)[-1]
         assert last.end is not None
@@ -340,7 +314,7 @@ _JOURNAL_STATUS = {"value": "ok", "raise": "failed", "give_back": "failed", "cra
 
 
 @pytest.mark.parametrize("seed", range(2, 300, 6))
-def test_a_random_workload_with_a_journal_records_every_task_as_it_ended(
+def test_a_random_workload_with_a_journal_records_every_task_as_itended(
     seed: int, tmp_path: Path
 ) -> None:
     steps, engine_options, options = _workload(seed)
@@ -348,10 +322,9 @@ def test_a_random_workload_with_a_journal_records_every_task_as_it_ended(
     engine, backend = make_engine(
         table(steps), range(len(steps)), journal=journal, **engine_options, **options
     )
-    pieces = [p for _, p in drive(engine)]
-    found = _ended(pieces)
+    pieces = drive(engine)
+    found, attempt_of = outcomes(pieces), attempts(pieces)
     assert sorted(found) == list(range(len(steps)))
-    attempt_of = {p.seq + i: p.ran(i)[0].attempt for p in pieces for i in range(len(p.items))}
     recorded = Journal(journal).outcomes()
     assert sorted(recorded) == sorted(found), "the journal and the run disagree on the tasks"
     for position, outcome in recorded.items():
@@ -382,7 +355,7 @@ def test_a_random_workload_resumed_from_its_journal_runs_only_what_rerun_says(
     engine, backend = make_engine(
         table(again), range(n), journal=journal, rerun=rerun, **second_options, **options
     )
-    found = _ended([p for _, p in drive(engine)])
+    found = outcomes(drive(engine))
     assert sorted(found) == list(range(n))
     kept = {
         key

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ import pytest
 from taskfan._errors import TaskfanError, TaskTimeout, WorkerCrashed
 from taskfan.backends._base import SINGLE, Call, describe_failure
 
-from . import scripted
 from .scripted import (
     EngineStuck,
     ScriptClock,
     ScriptedBackend,
+    attempts,
     crash,
     drive,
     fail,
@@ -39,13 +38,8 @@ from .scripted import (
 T0 = 1000.0
 
 
-@pytest.fixture(autouse=True, params=scripted.DRIVERS)
-def _driver(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test here runs on both drivers of the engine: the same policy, the same
-    virtual instants, whether it blocks or awaits."""
-    scripted.driver = request.param
-    yield
-    scripted.driver = "blocking"
+#: every test here runs on both drivers of the engine (see conftest.each_driver)
+pytestmark = pytest.mark.usefixtures("each_driver")
 
 
 #: a chunk time no test run reaches: no chunk is cut unless a test means it to be
@@ -55,11 +49,6 @@ NO_CUTS = 1e6
 def counts(engine: Any) -> tuple[int, int, int, int, int, int, int]:
     r = engine.report
     return (r.total, r.ok, r.failed, r.timed_out, r.crashed, r.cancelled, r.retried)
-
-
-def attempts(pieces: list[tuple[float, Any]]) -> dict[int, int]:
-    """Position -> the attempt number its outcome came from."""
-    return {p.seq + i: p.ran(i)[0].attempt for _, p in pieces for i in range(len(p.items))}
 
 
 # --- a crashed worker ---------------------------------------------------------------------

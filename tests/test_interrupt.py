@@ -158,54 +158,26 @@ def test_ctrl_c_cancels_stuck_coroutines_at_once(mode: str, tmp_path: Path) -> N
     assert "KeyboardInterrupt" in err
 
 
-FORK_SCRIPT = """
+#: A program whose Ctrl+C comes while Python runs code as a side effect ({install}),
+#: during a process map whose tasks are stuck: it must still stop the run.
+SIDE_EFFECT_SCRIPT = """
 import os, signal, sys, time, taskfan
-
+{imports}
 fired = []
 
-def ctrl_c_now():
-    # A Ctrl+C that arrives while the worker is being forked: the handler runs in
-    # this process's after-fork hooks.
+def ctrl_c_now(*args):
     if not fired:
         fired.append(True)
         os.kill(os.getpid(), signal.SIGINT)
-
-def stuck(x):
-    time.sleep(1000)
-
-if __name__ == "__main__":
-    os.register_at_fork(after_in_parent=ctrl_c_now)
-    try:
-        taskfan.map(stuck, range(4), backend="process", workers=2, progress=False)
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        sys.exit(0)
-    print("not interrupted", flush=True)
-"""
-
-
-FINALIZER_SCRIPT = """
-import os, signal, sys, time, taskfan
-from multiprocessing import connection
-
-fired = []
-finalize = connection._ConnectionBase.__del__
-
-def ctrl_c_now(self):
-    # A Ctrl+C that arrives while a pipe to a worker is freed: the handler runs in the
-    # Connection's __del__.
-    if not fired:
-        fired.append(True)
-        os.kill(os.getpid(), signal.SIGINT)
-    finalize(self)
+{chain}
 
 def task(x):
-    if x == 0:
+    if {dies}:
         os._exit(3)  # a worker that dies: its pipes are freed during the run
     time.sleep(1000)
 
 if __name__ == "__main__":
-    connection._ConnectionBase.__del__ = ctrl_c_now
+    {install}
     try:
         taskfan.map(task, range(4), backend="process", workers=2, progress=False)
     except KeyboardInterrupt:
@@ -214,15 +186,32 @@ if __name__ == "__main__":
     print("not interrupted", flush=True)
 """
 
+FORK = {  # the handler runs in this process's after-fork hooks
+    "imports": "",
+    "chain": "",
+    "dies": "False",  # the first workers' forks are enough
+    "install": "os.register_at_fork(after_in_parent=ctrl_c_now)",
+}
+FINALIZER = {  # the handler runs in the __del__ of a pipe to a worker
+    "imports": (
+        "from multiprocessing import connection\nfinalize = connection._ConnectionBase.__del__"
+    ),
+    "chain": "    if args:\n        finalize(args[0])",
+    "dies": "x == 0",
+    "install": "connection._ConnectionBase.__del__ = ctrl_c_now",
+}
+
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("script", [FORK_SCRIPT, FINALIZER_SCRIPT], ids=["fork", "finalizer"])
-def test_ctrl_c_while_python_runs_a_side_effect_is_not_lost(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", [FORK, FINALIZER], ids=["fork", "finalizer"])
+def test_ctrl_c_while_python_runs_a_side_effect_is_not_lost(
+    where: dict[str, str], tmp_path: Path
+) -> None:
     # CPython drops an exception raised where Python code runs as a side effect, printing
     # "Exception ignored": in an after-fork hook, in a __del__. A KeyboardInterrupt raised
     # there was one: the run went on with its tasks stuck, deaf to that Ctrl+C (found by
     # test_random_interrupt). The program has a single thread, so taskfan forks.
-    proc = run_script(script, tmp_path)
+    proc = run_script(SIDE_EFFECT_SCRIPT.format(**where), tmp_path)
     try:
         out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -234,103 +223,86 @@ def test_ctrl_c_while_python_runs_a_side_effect_is_not_lost(script: str, tmp_pat
     assert "Exception ignored" not in err, err
 
 
-UNHELD_SCRIPT = """
-import gc, os, signal, taskfan
-from multiprocessing import connection
+#: A program that counts the objects of a kind freed while a Ctrl+C would be lost (raised
+#: in their __del__, where CPython drops it), over the calls it makes.
+COUNTING_SCRIPT = """
+import gc, signal, taskfan
+{imports}
 
-finalize = connection._ConnectionBase.__del__
+finalize = {watched}.__del__
 unheld = []
 
 def note_unheld(self):
-    # A Ctrl+C now would be raised in this __del__, and dropped by CPython.
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         unheld.append(True)
     finalize(self)
-
-def task(x):
-    if x % 3 == 0:
-        os._exit(3)  # workers that die: their pipes are freed during the run
-    return x
-
+{tasks}
 if __name__ == "__main__":
-    connection._ConnectionBase.__del__ = note_unheld
-    got = taskfan.map(task, range(9), backend="process", workers=2, errors="return",
-                      progress=False)
-    assert [x for x in got if isinstance(x, int)] == [1, 2, 4, 5, 7, 8], got
+    {watched}.__del__ = note_unheld
+{calls}
     gc.collect()
     print("freed with Ctrl+C not held:", len(unheld), flush=True)
 """
 
-
-LOOP_SCRIPT = """
-import asyncio, gc, signal, taskfan
-from asyncio import base_events
-
-finalize = base_events.BaseEventLoop.__del__
-unheld = []
-
-def note_unheld(self):
-    # A Ctrl+C now would be raised in this __del__, and dropped by CPython.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        unheld.append(True)
-    finalize(self)
-
+PIPES = {  # a process map whose workers die: their pipes are freed during the run
+    "imports": "import os\nfrom multiprocessing import connection",
+    "watched": "connection._ConnectionBase",
+    "tasks": """
+def task(x):
+    if x % 3 == 0:
+        os._exit(3)
+    return x
+""",
+    "calls": """
+    got = taskfan.map(task, range(9), backend="process", workers=2, errors="return",
+                      progress=False)
+    assert [x for x in got if isinstance(x, int)] == [1, 2, 4, 5, 7, 8], got
+""",
+}
+LOOPS = {  # the async backend's own event loop, for coroutines and for plain functions
+    "imports": "import asyncio\nfrom asyncio import base_events",
+    "watched": "base_events.BaseEventLoop",
+    "tasks": """
 async def coroutine(x):
     await asyncio.sleep(0)
     return x
 
 def plain(x):
     return x
-
-if __name__ == "__main__":
-    base_events.BaseEventLoop.__del__ = note_unheld
+""",
+    "calls": """
     assert taskfan.map(coroutine, range(9), progress=False) == list(range(9))
     assert taskfan.map(plain, range(9), backend="async", progress=False) == list(range(9))
-    gc.collect()
-    print("freed with Ctrl+C not held:", len(unheld), flush=True)
-"""
-
-
-BAR_SCRIPT = """
-import gc, io, signal, sys, taskfan, tqdm
-
-finalize = tqdm.tqdm.__del__
-unheld = []
-
-def note_unheld(self):
-    # A Ctrl+C now would be raised in this __del__, and dropped by CPython.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        unheld.append(True)
-    finalize(self)
-
+""",
+}
+BARS = {  # the progress bar, on every backend and when an imap is left early
+    "imports": "import io, sys, tqdm",
+    "watched": "tqdm.tqdm",
+    "tasks": """
 def same(x):
     return x
-
-if __name__ == "__main__":
-    tqdm.tqdm.__del__ = note_unheld
+""",
+    "calls": """
     sys.stderr = io.StringIO()  # the bars draw here
     for backend in ("serial", "thread", "process", "async"):
         assert taskfan.map(same, range(20), backend=backend, progress=True) == list(range(20))
     it = taskfan.imap(same, range(20), backend="thread", progress=True)
     next(it)
     it.close()
-    gc.collect()
-    print("freed with Ctrl+C not held:", len(unheld), flush=True)
-"""
+""",
+}
 
 
 @pytest.mark.parametrize(
-    "script",
-    [UNHELD_SCRIPT, LOOP_SCRIPT, BAR_SCRIPT],
-    ids=["process pipes", "async event loop", "progress bar"],
+    "kind", [PIPES, LOOPS, BARS], ids=["process pipes", "async event loop", "progress bar"]
 )
 def test_a_backend_frees_what_has_a_finalizer_only_while_ctrl_c_is_held(
-    script: str, tmp_path: Path
+    kind: dict[str, str], tmp_path: Path
 ) -> None:
     # A Ctrl+C that comes while such an object is freed is raised in its __del__ and
     # lost (see above). The process backend frees its own pipes, those of workers that
     # died included, the async backend its own event loop, and the engine its progress
     # bar, only inside blocks that hold Ctrl+C: nothing is left to free after the call.
-    proc = run_script(script, tmp_path)
+    proc = run_script(COUNTING_SCRIPT.format(**kind), tmp_path)
     out, err = proc.communicate(timeout=30)
     assert out.strip() == "freed with Ctrl+C not held: 0", f"stdout={out!r} stderr={err[-2000:]!r}"
