@@ -30,10 +30,26 @@ def backends_that(can: Callable[[Registration], bool]) -> list[str]:
     return [name for name in BACKENDS if can(REGISTRY[name])]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+# The process backend runs each behaviour test twice: its workers forked from the test
+# process (single-threaded: the default), and forked by taskfan's own fork server (the
+# default of a program with threads, and every `forkserver` start).
+BACKEND_RUNS = [*BACKENDS, *(["process-server"] if "process" in BACKENDS else [])]
+
+
+@pytest.fixture(params=BACKEND_RUNS)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """The name of the backend under test."""
-    return str(request.param)
+    name = str(request.param)
+    if name != "process-server":
+        yield name
+        return
+    import multiprocessing
+
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        yield "process"
+    finally:
+        multiprocessing.set_start_method(None, force=True)
 
 
 @pytest.fixture(params=scripted.DRIVERS)
@@ -99,12 +115,19 @@ def gates() -> Iterator[Gates]:
 
 
 def _infrastructure(process: psutil.Process) -> bool:
-    """multiprocessing's own long-lived helpers (spawn, forkserver), not workers."""
+    """The long-lived helpers that live as long as the program (multiprocessing's fork
+    server and resource tracker, taskfan's fork server), not workers. Only those started
+    by this process: a worker forked by a server has its command line too."""
     try:
         cmdline = " ".join(process.cmdline())
+        parent = process.ppid()
     except psutil.Error:
         return True
-    return "multiprocessing.forkserver" in cmdline or "multiprocessing.resource_tracker" in cmdline
+    helpers = ("multiprocessing.forkserver", "multiprocessing.resource_tracker", _SERVER)
+    return parent == os.getpid() and any(name in cmdline for name in helpers)
+
+
+_SERVER = "from taskfan.backends._server import serve"
 
 
 def _taskfan_threads() -> list[threading.Thread]:
@@ -150,11 +173,17 @@ def nothing_left_behind(gates: Gates) -> Iterator[None]:
 
 
 def run_script(code: str, tmp_path: Path) -> subprocess.Popen[str]:
-    """Start ``code`` in a fresh interpreter in its own session, SIGINT at its default.
+    """Start ``code`` in a fresh interpreter in its own session, SIGINT at its default,
+    with the start method this test process has set, if any.
 
     A shell may start us with SIGINT ignored; children inherit that, and Python then
     installs no KeyboardInterrupt handler, so the child resets it first.
     """
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is not None:  # (the "process-server" run of the backend fixture)
+        code = f"import multiprocessing\nmultiprocessing.set_start_method({method!r}, True)\n{code}"
     script = tmp_path / "script.py"
     script.write_text(code)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -323,6 +323,32 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     assert not alive, f"workers still alive a second after the parent died: {alive}"
 
 
+THREADED_ORPHANS = """
+import os, threading, time, taskfan
+
+def nap(x):
+    print("worker", os.getpid(), flush=True)
+    time.sleep(1000)
+
+if __name__ == "__main__":
+    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()  # a fork server
+    taskfan.map(nap, range(4), backend="process", workers=2)
+"""
+
+
+def test_the_fork_server_and_its_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    proc = run_script(THREADED_ORPHANS, tmp_path)
+    read_until(proc, lambda line: line.startswith("worker"))
+    read_until(proc, lambda line: line.startswith("worker"))
+    family = psutil.Process(proc.pid).children(recursive=True)
+    # the fork server, and the two workers it forked
+    assert len(family) == 3, [p.cmdline() for p in family]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    alive = still_running(family, timeout=5.0)
+    assert not alive, f"still alive after the parent died: {alive}"
+
+
 GLOBAL_STATE = """
 import multiprocessing, os, sys, taskfan
 
@@ -407,45 +433,6 @@ def test_a_forkserver_start_leaves_the_default_start_method_unset() -> None:
         helper.join()
 
 
-def test_a_worker_starts_without_the_engines_imports() -> None:
-    # The fork server imports the worker module (and what rebuilds a worker's start
-    # arguments) before it forks any worker, on the clock of the first call. The
-    # engine's side (its records, its options), traceback and cloudpickle must wait
-    # until a worker needs them.
-    code = (
-        "import sys, multiprocessing.forkserver\n"
-        "from taskfan._start import _WORKER_MODULES\n"
-        "for name in _WORKER_MODULES: __import__(name)\n"
-        "heavy = ('dataclasses', 'traceback', 'inspect', 'cloudpickle',\n"
-        "         'taskfan.backends._base', 'taskfan._outcome', 'taskfan._engine')\n"
-        "print(sorted(name for name in heavy if name in sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
-def test_a_worker_imports_its_main_script_again_without_new_imports(tmp_path: Path) -> None:
-    # A fork server's worker runs the main script again (runpy.run_path, as __mp_main__)
-    # before its first task: what that imports must be in the server already, or every
-    # worker imports it after its fork (pkgutil and typing: about 5 ms each).
-    script = tmp_path / "main.py"
-    script.write_text("import sys\n\ndef task(x):\n    return x\n")
-    code = (
-        "import sys, runpy, multiprocessing.forkserver\n"
-        "from taskfan._start import _WORKER_MODULES\n"
-        "for name in _WORKER_MODULES: __import__(name)\n"
-        "before = set(sys.modules)\n"
-        f"runpy.run_path({str(script)!r}, run_name='__mp_main__')\n"
-        "print(sorted(set(sys.modules) - before))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_a_first_call_imports_nothing_it_does_not_use(backend: str) -> None:
     # A program's first call pays for every import on its way, before its first worker
@@ -469,69 +456,83 @@ def test_the_workers_fast_path_is_the_single_mode() -> None:
     assert _worker._SINGLE == _base.SINGLE
 
 
-_PRELOAD_SCRIPT = """
-import sys, threading
-from multiprocessing import forkserver
+SERVER_SCRIPT = """
+import os, sys, threading
 import taskfan
 
-def triple(x):
-    return 3 * x
+if __name__ == "__mp_main__":  # imported again, where the workers come from
+    with open(os.environ["IMPORTS_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+seen = []
+spawn = os.posix_spawn
+
+def spy(*args, **kwargs):
+    seen.append(sorted(m for m in ("multiprocessing", "taskfan._engine") if m in sys.modules))
+    return spawn(*args, **kwargs)
+
+os.posix_spawn = spy
+
+HEAVY = ("multiprocessing.connection", "multiprocessing.forkserver", "dataclasses",
+         "traceback", "inspect", "cloudpickle", "taskfan.backends._base", "taskfan._outcome",
+         "taskfan._engine")
+
+def loaded(x):
+    return os.getpid(), sorted(name for name in HEAVY if name in sys.modules)
 
 if __name__ == "__main__":
     release = threading.Event()
-    helper = threading.Thread(target=release.wait)  # a second thread: forkserver
+    helper = threading.Thread(target=release.wait)  # a second thread: a fork server
     helper.start()
-    fn = (lambda x: 3 * x) if sys.argv[1] == "lambda" else triple
-    assert taskfan.map(fn, [1, 2], backend="process", workers=2) == [3, 6]
+    fn = (lambda x: loaded(x)) if sys.argv[1] == "lambda" else loaded
+    got = taskfan.map(fn, range(6), backend="process", workers=2, chunksize=1,
+                      max_tasks_per_worker=1)
     release.set()
     helper.join()
-    print(" ".join(forkserver._forkserver._preload_modules))
+    print("workers:", len({pid for pid, _ in got}))
+    print("spawned-with:", *seen[0])
+    print("worker-had:", *got[0][1])
 """
 
 
-# Prepended to _PRELOAD_SCRIPT: notes, when the first process starts (the resource tracker,
-# then the fork server), whether the engine was imported already; says it at exit.
-_SPY_ON_THE_FIRST_START = """
-import atexit, sys
-from multiprocessing import util
-
-seen = []
-spawn = util.spawnv_passfds
-
-def spy(*args):
-    seen.append("taskfan._engine" in sys.modules)
-    return spawn(*args)
-
-util.spawnv_passfds = spy
-atexit.register(lambda: print("engine-imported-first:", seen[0]))
-"""
-
-
-def _run_script(tmp_path: Path, text: str, *args: str) -> list[str]:
-    """Run ``text`` as a script (the fork server imports it again); its output's words."""
+def _run_server_script(tmp_path: Path, kind: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Run SERVER_SCRIPT: what it printed, by label, and the pids that imported it again."""
     script = tmp_path / "script.py"
-    script.write_text(text)
-    run = [sys.executable, str(script), *args]
-    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    script.write_text(SERVER_SCRIPT)
+    log = tmp_path / "imports.log"
+    env = dict(os.environ, IMPORTS_LOG=str(log))
+    out = subprocess.run(
+        [sys.executable, str(script), kind],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    said = {line.split(":")[0]: line.split()[1:] for line in out.stdout.splitlines()}
+    return said, log.read_text().split()
 
 
-def test_the_fork_server_boots_while_the_first_call_imports_the_engine(tmp_path: Path) -> None:
-    # Its boot (a fresh Python, multiprocessing, the worker's code) is the longest part of
-    # a program's first process call: it starts before the engine is imported, so that
-    # both go on at once (see _start.warm_up).
-    words = _run_script(tmp_path, _SPY_ON_THE_FIRST_START + _PRELOAD_SCRIPT, "function")
-    assert words[-2:] == ["engine-imported-first:", "False"], words
-
-
-@pytest.mark.parametrize("kind", ["lambda", "function"])
-def test_the_fork_server_preloads_cloudpickle_only_for_work_sent_by_value(
+@pytest.mark.parametrize("kind", ["function", "lambda"])
+def test_the_fork_server_imports_the_main_script_once_and_not_multiprocessing(
     kind: str, tmp_path: Path
 ) -> None:
-    preloaded = _run_script(tmp_path, _PRELOAD_SCRIPT, kind)
-    assert "taskfan.backends._worker" in preloaded
-    assert ("cloudpickle" in preloaded) == (kind == "lambda"), preloaded
+    # Workers come from taskfan's own fork server in a program with threads. It boots
+    # while the first call imports the engine and multiprocessing (it imports neither
+    # multiprocessing's fork server nor its pipes: its boot is most of the first call),
+    # imports the main script once for all the workers it forks (6 here, one per task),
+    # and cloudpickle only for work sent by value.
+    said, imported = _run_server_script(tmp_path, kind)
+    assert said["workers"] == ["6"], said
+    assert said["spawned-with"] == [], said
+    assert len(imported) == 1, imported
+    had = said["worker-had"]
+    if kind == "function":
+        assert had == [], had
+    else:
+        assert "cloudpickle" in had and "multiprocessing.connection" not in had, had
+        assert "taskfan._engine" not in had and "taskfan.backends._base" not in had, had
 
 
 def test_a_worker_sends_only_a_mark_for_an_attempt_that_is_retried() -> None:

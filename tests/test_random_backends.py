@@ -25,6 +25,17 @@ from taskfan import TaskTimeout, WorkerCrashed
 from taskfan.backends._registry import REGISTRY
 
 SEEDS = range(6)
+#: Seeds run on the process backend with taskfan's fork server too. Fewer: each worker it
+#: forks imports this test module again (pytest with it: about 0.1 s), and seed 4
+#: recycles a worker every two tasks.
+SERVER_SEEDS = range(3)
+
+
+def _skip_extra_server_seeds(request: pytest.FixtureRequest, seed: int) -> None:
+    if request.node.callspec.params.get("backend") == "process-server" and seed not in SERVER_SEEDS:
+        pytest.skip("the fork server runs the first seeds only (see SERVER_SEEDS)")
+
+
 LATE = 0.6  # seconds a late run takes: well past TIMEOUT
 TIMEOUT = 0.2
 
@@ -127,7 +138,10 @@ def _expected(step: Step) -> type[BaseException] | None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_a_random_mixed_workload_on_a_real_backend(backend: str, seed: int) -> None:
+def test_a_random_mixed_workload_on_a_real_backend(
+    backend: str, seed: int, request: pytest.FixtureRequest
+) -> None:
+    _skip_extra_server_seeds(request, seed)
     plan, options = _plan(seed, backend)
     n = len(plan)
     coroutines = REGISTRY[backend].coroutines
@@ -169,7 +183,10 @@ def test_a_random_mixed_workload_on_a_real_backend(backend: str, seed: int) -> N
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_a_random_workload_left_early_on_a_real_backend(backend: str, seed: int) -> None:
+def test_a_random_workload_left_early_on_a_real_backend(
+    backend: str, seed: int, request: pytest.FixtureRequest
+) -> None:
+    _skip_extra_server_seeds(request, seed)
     # A break after a few results cancels the rest: the counts add up, and nothing is
     # left running (the autouse fixture checks threads and processes after each test).
     plan, options = _plan(seed, backend)
@@ -211,7 +228,10 @@ async def _first(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("front", ["Runner", "Parallelized"])
-def test_a_random_workload_through_the_keyed_fronts(backend: str, seed: int, front: str) -> None:
+def test_a_random_workload_through_the_keyed_fronts(
+    backend: str, seed: int, front: str, request: pytest.FixtureRequest
+) -> None:
+    _skip_extra_server_seeds(request, seed)
     # The same workloads through Runner (keyed tasks, Results) and Parallelized
     # (kwargs, result, error in completion order): each task's outcome once, its last
     # run's. (Coroutines have their own front tests: these use plain functions.)

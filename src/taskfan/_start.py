@@ -3,9 +3,11 @@
 The caller's explicit ``multiprocessing.set_start_method`` wins. Otherwise, on Linux,
 ``fork`` when this process has a single thread (the fastest start, and safe: the danger
 of fork is a lock held by another thread at the moment of the fork), else
-``forkserver``; ``spawn`` where neither exists.
+``forkserver``; ``spawn`` where neither exists. A ``forkserver`` worker comes from
+taskfan's own fork server (``backends._server``), chosen or not: it starts in a third of
+the time of multiprocessing's.
 
-``spawn`` and ``forkserver`` import the main script again in a fresh process, which
+``spawn`` and a fork server import the main script again in a fresh process, which
 brings two surprises this module deals with once for every user of processes:
 
 - A program read from standard input has ``__file__ == "<stdin>"``; multiprocessing
@@ -19,7 +21,6 @@ brings two surprises this module deals with once for every user of processes:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import sys
@@ -30,7 +31,15 @@ from contextlib import contextmanager
 from types import FrameType, ModuleType
 from typing import Any
 
-__all__ = ["importable", "main_file", "start_method", "starting", "warm_up"]
+__all__ = [
+    "importable",
+    "main_file",
+    "own_server",
+    "start_method",
+    "started_by_server",
+    "starting",
+    "warm_up",
+]
 
 _warned: set[str] = set()  # scripts already warned about, so it is said once
 _looked_at: set[tuple[str, int]] = set()  # (script, line) already checked for a guard
@@ -38,13 +47,35 @@ _looked_at: set[tuple[str, int]] = set()  # (script, line) already checked for a
 
 def start_method() -> str:
     """The start method for the next worker process (see the module docstring)."""
-    chosen = multiprocessing.get_start_method(allow_none=True)
+    mp = sys.modules.get("multiprocessing")  # (not imported: nobody chose one yet)
+    chosen = None if mp is None else mp.get_start_method(allow_none=True)
     if chosen is not None:
-        return chosen
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and _single_threaded():
+        return str(chosen)
+    if sys.platform.startswith("linux") and hasattr(os, "fork") and _single_threaded():
         return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
+    server = sys.modules.get("taskfan.backends._server")
+    if server is not None and server.serving and hasattr(os, "fork"):
+        # A script's unguarded top level, run again in the fork server (it was warned):
+        # the server forks its workers itself, as it was made to; a server of its own
+        # would import the script again, and so on.
+        return "fork"
+    from .backends import _server
+
+    return "forkserver" if _server.usable() else "spawn"
+
+
+def own_server(method: str) -> bool:
+    """Do workers started with ``method`` come from taskfan's own fork server?
+
+    Every ``forkserver`` start does, where that server runs (see backends._server): it
+    boots in a third of the time of multiprocessing's. The program's own preload list
+    (``multiprocessing.set_forkserver_preload``) is imported there too.
+    """
+    if method != "forkserver":
+        return False
+    from .backends import _server
+
+    return _server.usable() and not _server.serving
 
 
 def _single_threaded() -> bool:
@@ -72,20 +103,25 @@ def importable(fn: Callable[..., Any]) -> bool:
 def warm_up(fn: Callable[..., Any] | None) -> None:
     """Start the fork server now, if this call's worker processes will come from it.
 
-    Its boot (a fresh Python, multiprocessing, the worker's code: about 45 ms here) then
+    Its boot (a fresh Python, the worker's code, the main script: about 40 ms here) then
     runs while the call still imports and sets up the engine, on another core, rather
-    than after, when the call starts its first worker and waits for the server. Only for
-    the standard server that multiprocessing keeps for the rest of the program anyway:
-    nothing is started that a first worker would not start a moment later.
+    than after, when the call starts its first worker and waits for the server. The
+    server lives as long as the program, as multiprocessing's does: nothing is started
+    that a first worker would not start a moment later.
     """
-    if start_method() != "forkserver":
+    if not own_server(start_method()):
         return
-    from multiprocessing import forkserver
+    from .backends import _server
 
-    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
-        return  # it runs already (the first worker's start checks that it is alive)
-    with starting("forkserver", by_value=fn is not None and _by_value(fn)):
-        forkserver.ensure_running()
+    _server.warm_up(by_value=fn is not None and _by_value(fn))
+
+
+def started_by_server() -> None:
+    """After a worker's start by the fork server: warn a script that lacks its guard."""
+    main = sys.modules.get("__main__")
+    path = main_file()
+    if main is not None and path is not None:
+        _warn_if_unguarded(main, path, "forkserver")
 
 
 def _by_value(fn: Callable[..., Any]) -> bool:
@@ -100,14 +136,11 @@ def _by_value(fn: Callable[..., Any]) -> bool:
 
 
 @contextmanager
-def starting(method: str, *, by_value: bool = False) -> Iterator[None]:
-    """Wrap the start of a process (or a server) with the start method ``method``.
+def starting(method: str) -> Iterator[None]:
+    """Wrap the start of a multiprocessing process with the start method ``method``."""
+    import multiprocessing
 
-    ``by_value``: the workers will receive functions by value (they need cloudpickle).
-    """
     chosen = multiprocessing.get_start_method(allow_none=True)
-    if method == "forkserver":
-        _preload_worker(by_value)
     try:
         with _main_for(method):
             yield
@@ -118,43 +151,6 @@ def starting(method: str, *, by_value: bool = False) -> Iterator[None]:
             # back later, it would look like the user's choice, and the next worker
             # would be forked from this multi-threaded process.
             multiprocessing.set_start_method(None, force=True)
-
-
-def _preload_worker(by_value: bool) -> None:
-    """Have the fork server import the worker's code once, before it forks any worker.
-
-    Otherwise every worker imports it again after it is forked, on the clock of the call
-    that starts it. The caller's own preload list is kept; this only adds to it, before
-    the server starts.
-    """
-    try:
-        from multiprocessing import forkserver
-
-        server: Any = forkserver._forkserver
-        modules = list(server._preload_modules)
-        wanted = [*_WORKER_MODULES]
-        if by_value or "cloudpickle" in sys.modules:
-            # This call sends its function by value (a lambda, a closure: see _pickling),
-            # or this process uses cloudpickle already: its workers will need it too.
-            wanted.append("cloudpickle")
-        missing = [name for name in wanted if name not in modules]
-        if server._forkserver_pid is None and missing:
-            server.set_forkserver_preload([*modules, *missing])
-    except (ImportError, AttributeError):  # pragma: no cover - another Python's internals
-        pass
-
-
-#: What a worker imports before it serves its first call: its own loop, what rebuilds its
-#: start arguments (pipes handed over by the fork server, the shared slots' memory), and
-#: what imports the main script again as ``__mp_main__`` (runpy.run_path asks pkgutil,
-#: which imports typing: about 5 ms, in every worker, before its first task). Imported
-#: once in the server, these cost a worker nothing after its fork.
-_WORKER_MODULES = (
-    "taskfan.backends._worker",
-    "multiprocessing.popen_forkserver",
-    "multiprocessing.heap",
-    "pkgutil",
-)
 
 
 @contextmanager
@@ -180,7 +176,7 @@ def _main_for(method: str) -> Iterator[None]:
 
 
 def _warn_if_unguarded(main: ModuleType, path: str, method: str) -> None:
-    if path in _warned or getattr(multiprocessing.current_process(), "_inheriting", False):
+    if path in _warned or _importing_main():
         return
     line = _top_level_line(main)
     if line is None or (path, line) in _looked_at:
@@ -203,6 +199,15 @@ def _warn_if_unguarded(main: ModuleType, path: str, method: str) -> None:
         module="__main__",
         registry=main.__dict__.setdefault("__warningregistry__", {}),
     )
+
+
+def _importing_main() -> bool:
+    """Is this process a fork server or a child importing the main script right now?"""
+    server = sys.modules.get("taskfan.backends._server")
+    if server is not None and server.serving:
+        return True
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and bool(getattr(mp.current_process(), "_inheriting", False))
 
 
 def _top_level_line(main: ModuleType) -> int | None:

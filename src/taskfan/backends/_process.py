@@ -27,21 +27,23 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from multiprocessing.connection import Pipe
 from multiprocessing.connection import wait as wait_for
-from multiprocessing.heap import BufferWrapper
 from typing import Any
 
 from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
-from .._start import importable, start_method, starting
+from .._start import importable, own_server, start_method, started_by_server, starting
 from ._base import Backend, Call, Cut, Done, Failure, Setup, describe_failure
+from ._server import ServerChild, SharedSlots, fork_worker, shut_down
 from ._worker import (
     CALL_ID,
     CUT_NOTICE,
@@ -149,6 +151,7 @@ def _stop_every_worker() -> None:
     # otherwise wait for our (non-daemon) workers.
     for backend in list(_open_backends):
         backend.close(cancel=True)
+    shut_down()  # the fork server (see _server), as its socket must not be left to the GC
 
 
 class ProcessBackend(Backend):
@@ -191,9 +194,15 @@ class ProcessBackend(Backend):
             except Exception as error:
                 raise TypeError(_cannot_send("initializer", setup.initializer, error)) from error
         self._max_tasks = setup.max_tasks_per_worker
-        # Shared memory that a fork server's child can map too (as RawArray's is, which
-        # only adds ctypes: about 2 ms more to import, here and in the fork server)
-        self._slots = BufferWrapper(self.workers * SLOT_FIELDS * 8)
+        size = self.workers * SLOT_FIELDS * 8
+        if own_server(start_method()):
+            self._slots = SharedSlots(size)  # (the fork server hands it to each worker)
+        else:
+            # Shared memory that a spawned child can map too (as RawArray's is, which
+            # only adds ctypes: about 2 ms more to import)
+            from multiprocessing.heap import BufferWrapper
+
+            self._slots = BufferWrapper(size)
         memory = self._slots.create_memoryview()
         memory[:] = bytes(len(memory))  # a reused block holds old marks
         self._marks = memory.cast("q")
@@ -327,12 +336,16 @@ class ProcessBackend(Backend):
             worker.conn.close()
             worker.dump.close()
             worker.control.close()
+            _release(worker.process)
             self._workers.remove(worker)
         if self._lifeline is not None:
             self._lifeline.close()
         # Dropped here, under the held Ctrl+C, rather than with this object after the run
         self._lifeline = self._lifeline_writer = None
-        self._marks = self._slots = None
+        slots, self._marks, self._slots = self._slots, None, None
+        if isinstance(slots, SharedSlots):
+            with contextlib.suppress(BufferError):  # a view still held: freed with it
+                slots.close()
         self._queue.clear()
         _open_backends.discard(self)
 
@@ -556,6 +569,7 @@ class ProcessBackend(Backend):
         worker.conn.close()
         worker.dump.close()
         worker.control.close()
+        _release(worker.process)
         self._graveyard.append(worker)  # freed by the next wait or close (see _spawn)
 
     # --- workers ------------------------------------------------------------------------
@@ -586,12 +600,47 @@ class ProcessBackend(Backend):
         base = slot * SLOT_FIELDS
         for field, value in ((STATE, STARTING), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
             self._marks[base + field] = value
+        name = f"process-{next(self._numbers)}"
+        if isinstance(self._slots, SharedSlots):
+            process, conn, dump, control = self._fork_from_server(slot, name)
+        else:
+            process, conn, dump, control = self._start_process(slot, name)
+        worker = _Worker(process, conn, dump, slot, name)
+        worker.control = control
+        return worker
+
+    def _fork_from_server(self, slot: int, name: str) -> tuple[Any, Any, Any, Any]:
+        """A worker forked by taskfan's fork server (see _server), and its pipes."""
+        assert isinstance(self._slots, SharedSlots)
+        conn, child_conn = Pipe(duplex=True)
+        dump, child_dump = Pipe(duplex=False)
+        child_control, control = Pipe(duplex=False)
+        fds = {
+            "conn": child_conn.fileno(),
+            "dump": child_dump.fileno(),
+            "control": child_control.fileno(),
+            "lifeline": self._lifeline.fileno(),
+            "slots": self._slots.fd,
+        }
+        start = (slot, self._init_blob, self._max_tasks, self._slots.size)
+        try:
+            process = fork_worker(
+                fds, start, f"taskfan-{name}", by_value="cloudpickle" in sys.modules
+            )
+        finally:
+            child_conn.close()
+            child_dump.close()
+            child_control.close()
+        started_by_server()
+        return process, conn, dump, control
+
+    def _start_process(self, slot: int, name: str) -> tuple[Any, Any, Any, Any]:
+        """A worker started by multiprocessing (fork, spawn), and its pipes."""
         method = start_method()
         context: Any = multiprocessing.get_context(method)
         conn, child_conn = context.Pipe(duplex=True)
         dump, child_dump = context.Pipe(duplex=False)
         child_control, control = context.Pipe(duplex=False)
-        name = f"process-{next(self._numbers)}"
         spec = WorkerSpec(
             child_conn,
             self._lifeline,
@@ -609,9 +658,7 @@ class ProcessBackend(Backend):
         child_conn.close()
         child_dump.close()
         child_control.close()
-        worker = _Worker(process, conn, dump, slot, name)
-        worker.control = control
-        return worker
+        return process, conn, dump, control
 
 
 _IDLE_HINT = (
@@ -672,6 +719,12 @@ def _tiny(call: Call) -> bool:
     """Is ``call`` a large call of tasks known to be tiny (see UNMARKED_FROM)?"""
     n = len(call.items)
     return n >= UNMARKED_FROM and call.expected is not None and call.expected <= n * UNMARKED_UPTO
+
+
+def _release(process: Any) -> None:
+    """Free what the backend holds of an ended worker (a fork server's: its pipes)."""
+    if isinstance(process, ServerChild):
+        process.close()
 
 
 def _kill(process: Any) -> None:

@@ -219,7 +219,8 @@ def worker_main(spec: WorkerSpec) -> None:
         # Lead a process group of our own: killing the group (a timeout, Ctrl+C) then
         # also ends the subprocesses a task started, instead of orphaning them.
         os.setpgrp()
-    spec.lifeline_writer.close()  # only the parent may hold it, so that its death closes it
+    if spec.lifeline_writer is not None:  # (a fork server's worker never had it)
+        spec.lifeline_writer.close()  # only the parent may hold it, so that its death closes it
     _watch_parent(spec.lifeline)
     if spec.dump is not None and hasattr(signal, "SIGUSR1"):
         # Before it kills us for a timeout, the parent asks where the task is stuck; the
