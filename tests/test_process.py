@@ -450,12 +450,6 @@ def test_a_first_call_imports_nothing_it_does_not_use(backend: str) -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_the_workers_fast_path_is_the_single_mode() -> None:
-    from taskfan.backends import _base, _worker
-
-    assert _worker._SINGLE == _base.SINGLE
-
-
 SERVER_SCRIPT = """
 import os, sys, threading
 import taskfan
@@ -590,3 +584,57 @@ def test_a_worker_gets_its_next_call_before_its_reply_is_read(tmp_path: Path) ->
     items = [("first", marker, b""), ("late", marker, b""), ("mark", marker, b"x" * 200_000)]
     got = taskfan.map(_first_late_then_mark, items, **{**P, "workers": 1, "chunksize": 1})
     assert got == ["first", True, "mark"]
+
+
+def _nap_and_echo(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_run_goes_on_when_the_fork_server_is_killed() -> None:
+    # The fork server reports its workers' ends. Killed, it reports nothing more: the
+    # workers it forked are then killed as crashed (their running tasks fail, the others
+    # run again elsewhere), and the next worker comes from a fresh server.
+    from taskfan.backends import _server
+
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        it = taskfan.imap(_nap_and_echo, range(60), errors="return", chunksize=1, **P)
+        got = []
+        first = None
+        for value in it:
+            got.append(value)
+            if len(got) == 10:
+                assert _server._server is not None
+                first = _server._server.pid
+                os.kill(first, signal.SIGKILL)
+        assert len(got) == 60
+        lost = [i for i, v in enumerate(got) if isinstance(v, BaseException)]
+        assert all(isinstance(got[i], WorkerCrashed) for i in lost) and len(lost) <= 4, got
+        assert [v for v in got if not isinstance(v, BaseException)] == [
+            i for i in range(60) if i not in lost
+        ]
+        assert taskfan.map(abs, [-1, -2], **P) == [1, 2]
+        assert _server._server is not None and _server._server.pid != first
+    finally:
+        multiprocessing.set_start_method(None, force=True)
+
+
+def _identity(_: int) -> tuple[str, bytes]:
+    import multiprocessing as mp  # first imported here, in a fork server's worker
+
+    return mp.current_process().name, bytes(mp.current_process().authkey)
+
+
+def test_a_fork_server_worker_has_the_programs_identity_in_multiprocessing() -> None:
+    # As multiprocessing's own children: its authentication key (a Manager's proxies are
+    # refused without it) and a name of its own, though it imports multiprocessing late.
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        got = taskfan.map(_identity, range(2), chunksize=1, **P)
+    finally:
+        multiprocessing.set_start_method(None, force=True)
+    key = bytes(multiprocessing.current_process().authkey)
+    assert all(authkey == key for _, authkey in got), got
+    assert all(name.startswith("taskfan-process-") for name, _ in got), got

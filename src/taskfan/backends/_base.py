@@ -20,7 +20,7 @@ from .._clock import Clock
 from .._errors import TaskfanError, TaskTraceback
 from .._outcome import Status
 from .._plain import Frozen, Plain
-from ._worker import SET_ASIDE
+from ._codes import FULL, KWARGS, SET_ASIDE, SINGLE, STAR
 
 if TYPE_CHECKING:
     import traceback
@@ -43,12 +43,6 @@ __all__ = [
     "describe_failure",
     "run_items",
 ]
-
-# How an item becomes a call of the task function.
-SINGLE = 0  # fn(item)
-STAR = 1  # fn(*item)
-KWARGS = 2  # fn(**item)
-FULL = 3  # item is (fn, args, kwargs)
 
 
 class Call(Plain):

@@ -52,9 +52,12 @@ _CHILD_FD = 3  # where the server finds its end of the socket
 
 
 def usable() -> bool:
-    """Can workers come from this server here (a POSIX system with Unix sockets)?"""
+    """Can workers come from this server here (a POSIX system, a Python to start)?"""
     return (
-        hasattr(os, "posix_spawn") and hasattr(os, "fork") and hasattr(os, "waitstatus_to_exitcode")
+        bool(sys.executable)
+        and hasattr(os, "posix_spawn")
+        and hasattr(os, "fork")
+        and hasattr(os, "waitstatus_to_exitcode")
     )
 
 
@@ -132,12 +135,7 @@ def _running(by_value: bool) -> _Server:
 
 def _spawn(fd: int, by_value: bool) -> int:
     """Start a server on the socket ``fd``: a fresh Python of the same interpreter."""
-    import subprocess  # (imported by multiprocessing anyway, which this program uses)
-
-    # multiprocessing (its package: about 6 ms) so that each worker takes the program's
-    # identity in it, as multiprocessing's own children do: its authentication key, or the
-    # proxies of a Manager (taskfan.SafeCounter's, a user's queue) are refused there.
-    preload = ["taskfan.backends._worker", "multiprocessing"]
+    preload = ["taskfan.backends._worker"]
     if by_value or "cloudpickle" in sys.modules:
         preload.append("cloudpickle")  # functions go by value: the workers need it
     code = (
@@ -145,8 +143,7 @@ def _spawn(fd: int, by_value: bool) -> int:
         f"from taskfan.backends._server import serve; serve({_CHILD_FD}, {_main()!r}, "
         f"{preload + _preload_asked()!r})"
     )
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    args = [sys.executable, *flags, "-c", code]
+    args = [sys.executable, *_interpreter_flags(), "-c", code]
     source = fd
     if fd == _CHILD_FD:  # dup2 onto itself would leave it closed on exec
         source = os.dup(fd)
@@ -165,6 +162,49 @@ def _spawn(fd: int, by_value: bool) -> int:
     finally:
         if source != fd:
             os.close(source)
+
+
+def _interpreter_flags() -> list[str]:
+    """The command-line options of this interpreter that a fresh one should get too.
+
+    What ``subprocess._args_from_interpreter_flags`` gives, without importing subprocess
+    before the server starts (about 4 ms of a first call).
+    """
+    flags = sys.flags
+    args = ["-" + "O" * flags.optimize] if flags.optimize else []
+    if flags.isolated:
+        args.append("-I")  # (-E and -s with it)
+    else:
+        args += [f"-{letter}" for name, letter in _ISOLATION if getattr(flags, name)]
+    args += [
+        f"-{letter * getattr(flags, name)}"
+        for name, letter in _FLAGS
+        if getattr(flags, name) and not (flags.isolated and name == "safe_path")  # (-I has it)
+    ]
+    implied = []  # what -b, -bb and -X dev put into sys.warnoptions themselves
+    if flags.bytes_warning:
+        implied.append(("default" if flags.bytes_warning == 1 else "error") + "::BytesWarning")
+    if flags.dev_mode:
+        implied.append("default")
+    options = list(sys.warnoptions)
+    for option in implied:
+        if option in options:
+            options.remove(option)
+    args += [f"-W{option}" for option in options]
+    for key, value in sys._xoptions.items():
+        args += ["-X", key if value is True else f"{key}={value}"]
+    return args
+
+
+_ISOLATION = (("ignore_environment", "E"), ("no_user_site", "s"))
+_FLAGS = (
+    ("dont_write_bytecode", "B"),
+    ("no_site", "S"),
+    ("verbose", "v"),
+    ("bytes_warning", "b"),
+    ("quiet", "q"),
+    ("safe_path", "P"),
+)
 
 
 def _child_path() -> list[str]:
@@ -467,10 +507,7 @@ def _run_worker(fds: list[int], payload: bytes, close: list[int]) -> None:
         with contextlib.suppress(OSError):  # gone since: the server's, then
             os.chdir(cwd)
         if authkey is not None:
-            import multiprocessing
-
-            me = multiprocessing.current_process()
-            me.name, me.authkey = name, authkey
+            _take_identity(name, authkey)
         spec = WorkerSpec(
             _Pipe(named["conn"]),
             _Pipe(named["lifeline"]),
@@ -493,6 +530,51 @@ def _run_worker(fds: list[int], payload: bytes, close: list[int]) -> None:
     finally:
         _flush()
         os._exit(code)
+
+
+def _take_identity(name: str, authkey: bytes) -> None:
+    """Give this worker the program's identity in multiprocessing, as its own children
+    have: the same authentication key (else a Manager's proxies, taskfan.SafeCounter's or
+    a user's queue, are refused here), and the worker's name.
+
+    The server does not import multiprocessing (about 6 ms of its boot) and neither does a
+    worker, unless a task needs it: the identity is given the moment its process module
+    is imported, by a finder that wraps that import.
+    """
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None:  # imported already (by the main script, say)
+        me = mp.current_process()
+        me.name, me.authkey = name, authkey
+        return
+    sys.meta_path.insert(0, _IdentityOnImport(name, authkey))
+
+
+class _IdentityOnImport:
+    """A finder that runs once: after ``multiprocessing.process`` is executed, it sets the
+    current process's name and authentication key (see ``_take_identity``)."""
+
+    def __init__(self, name: str, authkey: bytes) -> None:
+        self.name, self.authkey = name, authkey
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+        name, authkey = self.name, self.authkey
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            me = module.current_process()
+            me.name, me.authkey = name, authkey
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _flush() -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._pickling import dumps_by_value
+from ._codes import SET_ASIDE, SINGLE
 
 if TYPE_CHECKING:
     from ._base import Failure
@@ -79,10 +80,7 @@ SLOT_FIELDS = 4
 STATE, CALL_ID, INDEX, STARTED = range(SLOT_FIELDS)
 STARTING, READY = 0, 1
 NO_LIMIT = -1
-# The traceback of an attempt that is retried: nobody reads it, so it is not kept.
-SET_ASIDE = "(not kept: this attempt failed with an error that is retried)\n"
 RUNNING_UNMARKED = -2  # INDEX while an UNMARKED call runs: some item of it, unknown which
-_SINGLE = 0  # ._base.SINGLE, fn(item): the fast path (a test checks that they agree)
 
 # An error record travels as (pickled exception or None, type name, message, traceback,
 # retry): the exception itself when it survives a pickle round trip, a description if not.
@@ -423,7 +421,7 @@ class _Loop:
         marks, index = self.marks, self.base + INDEX
         while True:
             try:
-                if mode == _SINGLE and flags & UNMARKED:
+                if mode == SINGLE and flags & UNMARKED:
                     assert fn is not None
                     marks[index] = RUNNING_UNMARKED
                     append = out.append
@@ -431,7 +429,7 @@ class _Loop:
                         append(fn(item))
                         if stop and len(out) >= stop[-1]:
                             break
-                elif mode == _SINGLE and not flags & (TIMED | ONE_BY_ONE):
+                elif mode == SINGLE and not flags & (TIMED | ONE_BY_ONE):
                     assert fn is not None
                     append = out.append
                     for i, item in enumerate(items, len(out)):
