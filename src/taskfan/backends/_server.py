@@ -7,8 +7,10 @@ single-threaded process started once, the server. multiprocessing has one
 ``Pool`` does: the program imports ``multiprocessing.forkserver`` first, then the server
 boots all of multiprocessing, and a second fresh Python (the resource tracker) boots next
 to it on the same cores. This server is a fresh Python that imports only what a worker
-runs (``_worker``) and the program's main script, once; the program starts it before
-importing anything else it needs, so both boot at the same time.
+runs (``_worker``); the program starts it before importing anything else it needs, so
+both boot at the same time. Each worker imports the main script after its fork, as
+multiprocessing's do: never the server, which must stay single-threaded, and a script's
+top level may start a thread.
 
 The protocol, over one Unix socket per server:
 
@@ -21,8 +23,8 @@ The protocol, over one Unix socket per server:
   when the worker is gone;
 - the server exits when the socket closes: when this program exits or dies.
 
-This module is the server's entry point too, so it imports nothing at its top but ``os``
-and ``sys``: the server's own start is on the clock of a program's first call.
+This module is the server's entry point too, so it imports little at its top: the
+server's own start is on the clock of a program's first call.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ __all__ = [
     "warm_up",
 ]
 
-#: True in the server process (not in the workers it forks): a call made while the
-#: server imports the main script must not start a server of its own.
+#: True in the server process, and in a worker while it imports the main script: a call
+#: made by the script's unguarded top level there must not start a server of its own.
 serving = False
 
 #: descriptors a request carries, in this order (see ``_run_worker``)
@@ -79,10 +81,13 @@ class _Server:
         self.by_value = by_value
 
     def alive(self) -> bool:
+        """False once it has exited. (Not known for sure if something else reaped it, as
+        with SIGCHLD ignored: then a request to a dead server fails, and a fresh one is
+        started.)"""
         try:
             pid, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            return False
+            return True
         return pid == 0
 
     def request(self, fds: list[int], payload: bytes) -> None:
@@ -90,8 +95,9 @@ class _Server:
 
         header = len(payload).to_bytes(4, "little")
         ancillary = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
-        self.sock.sendmsg([header], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, ancillary)])
-        self.sock.sendall(payload)
+        quiet = getattr(_socket, "MSG_NOSIGNAL", 0)  # a dead server: an error, not SIGPIPE
+        self.sock.sendmsg([header], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, ancillary)], quiet)
+        self.sock.sendall(payload, quiet)
 
     def close(self) -> None:
         """End the server: it exits when its socket closes (killed if it has not in 1 s)."""
@@ -99,14 +105,31 @@ class _Server:
 
         self.sock.close()
         deadline = time.monotonic() + 1.0
-        while self.alive():
+        while _running_child(self.pid):
             if time.monotonic() > deadline:
                 os.kill(self.pid, 9)
                 deadline = float("inf")
             time.sleep(0.001)
 
 
+def _running_child(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:  # reaped by someone else: gone
+        return False
+
+
 _server: _Server | None = None
+_lock: Any = None  # taken to start the server or send it a request (threads share it)
+
+
+def _locked() -> Any:
+    global _lock
+    if _lock is None:
+        import threading
+
+        _lock = threading.Lock()  # (made once, before any thread can race for it: GIL)
+    return _lock
 
 
 def shut_down() -> None:
@@ -119,7 +142,8 @@ def shut_down() -> None:
 
 def warm_up(by_value: bool) -> None:
     """Start the server now (if it does not run yet): it boots while the call sets up."""
-    _running(by_value)
+    with _locked():
+        _running(by_value)
 
 
 def _running(by_value: bool) -> _Server:
@@ -135,7 +159,7 @@ def _running(by_value: bool) -> _Server:
 
 def _spawn(fd: int, by_value: bool) -> int:
     """Start a server on the socket ``fd``: a fresh Python of the same interpreter."""
-    preload = ["taskfan.backends._worker"]
+    preload = ["taskfan.backends._worker", "runpy"]  # (runpy: the main script's import)
     if by_value or "cloudpickle" in sys.modules:
         preload.append("cloudpickle")  # functions go by value: the workers need it
     code = (
@@ -255,17 +279,8 @@ def fork_worker(
     here = (os.getcwd(), name, authkey)
     payload = pickle.dumps((start, here), protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        for attempt in (1, 2):
-            server = _running(by_value)
-            try:
-                server.request([sent[name] for name in _FDS], payload)
-                break
-            except OSError:  # the server died since it was looked at: a fresh one
-                server.sock.close()
-                global _server
-                _server = None
-                if attempt == 2:
-                    raise
+        with _locked():
+            _request([sent[name] for name in _FDS], payload, by_value)
     except BaseException:
         os.close(pid_r)
         os.close(status_r)
@@ -274,6 +289,20 @@ def fork_worker(
         os.close(pid_w)
         os.close(status_w)
     return ServerChild(pid_r, status_r)
+
+
+def _request(fds: list[int], payload: bytes, by_value: bool) -> None:
+    global _server
+    for attempt in (1, 2):
+        server = _running(by_value)
+        try:
+            server.request(fds, payload)
+            return
+        except OSError:  # the server died since it was looked at: a fresh one
+            server.sock.close()
+            _server = None
+            if attempt == 2:
+                raise
 
 
 class ServerChild:
@@ -293,7 +322,9 @@ class ServerChild:
     @property
     def pid(self) -> int | None:
         if self._pid is None and self._pid_fd is not None:
-            data = _read_within(self._pid_fd, 8, 5.0)
+            # (Not known within a second: the server is not done booting; a worker it
+            # forks later finds its pipes closed, and ends at once.)
+            data = _read_within(self._pid_fd, 8, 1.0)
             if len(data) == 8:
                 self._pid = int.from_bytes(data, "little", signed=True)
             if data or _readable(self._pid_fd, 0):
@@ -332,7 +363,9 @@ class ServerChild:
 def _readable(fd: int, timeout: float | None) -> bool:
     import select
 
-    return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()  # (not select.select: a descriptor may be past 1024)
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def _read_within(fd: int, size: int, timeout: float) -> bytes:
@@ -388,8 +421,8 @@ def serve(fd: int, main: tuple[str, str] | None, preload: list[str]) -> None:
     for name in preload:
         with contextlib.suppress(ImportError):  # (a worker then says what is missing)
             __import__(name)
-    if main is not None:
-        _import_main(*main)
+    global _main_script
+    _main_script = main
     sock = _socket.socket(fileno=fd)
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
@@ -402,6 +435,10 @@ def serve(fd: int, main: tuple[str, str] | None, preload: list[str]) -> None:
     finally:
         _flush()
         os._exit(0)  # not the main script's exit hooks: they are the program's own
+
+
+#: How a worker imports the main script (see serve): each worker does, after its fork.
+_main_script: tuple[str, str] | None = None
 
 
 def _wake(signum: int, frame: Any) -> None:
@@ -508,6 +545,10 @@ def _run_worker(fds: list[int], payload: bytes, close: list[int]) -> None:
             os.chdir(cwd)
         if authkey is not None:
             _take_identity(name, authkey)
+        if _main_script is not None:
+            serving = True
+            _import_main(*_main_script)
+            serving = False
         spec = WorkerSpec(
             _Pipe(named["conn"]),
             _Pipe(named["lifeline"]),
@@ -598,7 +639,7 @@ def _import_main(how: str, what: str) -> None:
         else:
             found = runpy.run_path(what, run_name="__mp_main__")
     except BaseException:
-        # Said once, here; the tasks that need the script then fail with what is missing.
+        # Said here; the tasks that need the script then fail with what is missing.
         import traceback
 
         print(f"taskfan: the worker processes could not import {what}:", file=sys.stderr)
