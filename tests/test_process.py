@@ -640,3 +640,55 @@ def test_a_fork_server_worker_has_the_programs_identity_in_multiprocessing() -> 
     key = bytes(multiprocessing.current_process().authkey)
     assert all(authkey == key for _, authkey in got), got
     assert all(name.startswith("taskfan-process-") for name, _ in got), got
+
+
+@pytest.mark.timeout(60)
+def test_calls_from_several_threads_share_the_fork_server() -> None:
+    # Each call starts its workers through the one server, over one socket: requests
+    # from threads at once must not interleave there.
+    multiprocessing.set_start_method("forkserver", force=True)
+    start = threading.Barrier(4)
+    got: dict[int, list[int]] = {}
+
+    def call(k: int) -> None:
+        start.wait(timeout=10)
+        got[k] = taskfan.map(abs, range(-k * 10, 0), chunksize=1, max_tasks_per_worker=2, **P)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(1, 5)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=50)
+    finally:
+        multiprocessing.set_start_method(None, force=True)
+    assert got == {k: [abs(x) for x in range(-k * 10, 0)] for k in range(1, 5)}
+
+
+def _has_preloaded(extra_dir: str) -> tuple[bool, bool, str]:
+    return "colorsys" in sys.modules, extra_dir in sys.path, os.getcwd()
+
+
+def test_the_fork_server_keeps_the_programs_preload_path_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # multiprocessing.set_forkserver_preload is honoured by taskfan's server (imported
+    # there once, before any fork); each worker gets the program's sys.path and working
+    # directory as they are when it starts, not as they were when the server started.
+    import colorsys  # noqa: F401 - (already in this process: the question is the worker)
+    from multiprocessing import forkserver
+
+    from taskfan.backends import _server
+
+    _server.shut_down()  # a preload list counts for a server started after it
+    multiprocessing.set_start_method("forkserver", force=True)
+    multiprocessing.set_forkserver_preload(["colorsys"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        got = taskfan.map(_has_preloaded, [str(tmp_path)] * 2, chunksize=1, **P)
+    finally:
+        forkserver._forkserver._preload_modules = []
+        multiprocessing.set_start_method(None, force=True)
+        _server.shut_down()  # (the next test's server: without this preload)
+    assert got == [(True, True, str(tmp_path))] * 2

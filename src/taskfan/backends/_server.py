@@ -276,7 +276,7 @@ def fork_worker(
 
     mp = sys.modules.get("multiprocessing")
     authkey = None if mp is None else bytes(mp.current_process().authkey)
-    here = (os.getcwd(), name, authkey)
+    here = (os.getcwd(), _child_path(), name, authkey)
     payload = pickle.dumps((start, here), protocol=pickle.HIGHEST_PROTOCOL)
     try:
         with _locked():
@@ -540,9 +540,11 @@ def _run_worker(fds: list[int], payload: bytes, close: list[int]) -> None:
 
         from ._worker import WorkerSpec, worker_main
 
-        (slot, init_blob, max_tasks, slots_size), (cwd, name, authkey) = pickle.loads(payload)
+        start, (cwd, path, name, authkey) = pickle.loads(payload)
+        slot, init_blob, max_tasks, slots_size = start
         with contextlib.suppress(OSError):  # gone since: the server's, then
             os.chdir(cwd)
+        sys.path[:] = path  # the program's now, as multiprocessing gives its children
         if authkey is not None:
             _take_identity(name, authkey)
         if _main_script is not None:
