@@ -692,3 +692,36 @@ def test_the_fork_server_keeps_the_programs_preload_path_and_directory(
         multiprocessing.set_start_method(None, force=True)
         _server.shut_down()  # (the next test's server: without this preload)
     assert got == [(True, True, str(tmp_path))] * 2
+
+
+def _nested_call(_: int) -> tuple[int, list[int]]:
+    from taskfan.backends import _server
+
+    # This worker was forked from the test process, server object and socket included.
+    multiprocessing.set_start_method("forkserver", force=True)
+    got = taskfan.map(abs, [-1, -2, -3], chunksize=1, **P)
+    assert _server._server is not None
+    return _server._server.owner, got
+
+
+def test_a_forked_worker_starts_a_fork_server_of_its_own() -> None:
+    # A process forked after the fork server started inherits the object and its
+    # socket: requests from both ends would interleave there. It starts its own.
+    from taskfan.backends import _server
+
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        assert taskfan.map(abs, [-1], **P) == [1]  # the server runs: this process's
+    finally:
+        multiprocessing.set_start_method(None, force=True)
+    assert _server._server is not None and _server._server.owner == os.getpid()
+    assert start_method_is_fork()
+    ((owner, got),) = taskfan.map(_nested_call, [0], **{**P, "workers": 1})
+    assert got == [1, 2, 3] and owner not in (os.getpid(), None)
+    assert taskfan.map(abs, [-4], **{**P, "backend": "process"}) == [4]  # ours still works
+
+
+def start_method_is_fork() -> bool:
+    from taskfan._start import start_method
+
+    return start_method() == "fork"

@@ -79,6 +79,7 @@ class _Server:
             theirs.close()
         self.sock = ours
         self.by_value = by_value
+        self.owner = os.getpid()  # a forked child inherits this object, not the server
 
     def alive(self) -> bool:
         """False once it has exited. (Not known for sure if something else reaped it, as
@@ -136,7 +137,7 @@ def shut_down() -> None:
     """End the server, if one runs: at the program's exit, once its workers have ended."""
     global _server
     server, _server = _server, None
-    if server is not None:
+    if server is not None and server.owner == os.getpid():
         server.close()
 
 
@@ -149,6 +150,12 @@ def warm_up(by_value: bool) -> None:
 def _running(by_value: bool) -> _Server:
     global _server
     server = _server
+    if server is not None and server.owner != os.getpid():
+        # Inherited by a fork (a forked worker whose task calls taskfan, say): the socket
+        # is its parent's, whose requests would interleave with this process's. A server
+        # of its own; the copy of the socket goes (the parent keeps its own).
+        server.sock.close()
+        server = _server = None
     if server is not None and not server.alive():
         server.sock.close()
         server = _server = None
