@@ -4,7 +4,7 @@ The caller's explicit ``multiprocessing.set_start_method`` wins. Otherwise, on L
 ``fork`` when this process has a single thread (the fastest start, and safe: the danger
 of fork is a lock held by another thread at the moment of the fork), else
 ``forkserver``; ``spawn`` where neither exists. A ``forkserver`` worker comes from
-taskfan's own fork server (``backends._server``), chosen or not: it starts in a third of
+taskfan's own fork server (``backends._server``), chosen or not: it boots in about half
 the time of multiprocessing's.
 
 ``spawn`` and a fork server import the main script again in a fresh process, which
@@ -68,7 +68,7 @@ def own_server(method: str) -> bool:
     """Do workers started with ``method`` come from taskfan's own fork server?
 
     Every ``forkserver`` start does, where that server runs (see backends._server): it
-    boots in a third of the time of multiprocessing's. The program's own preload list
+    boots in about half the time of multiprocessing's. The program's own preload list
     (``multiprocessing.set_forkserver_preload``) is imported there too.
     """
     if method != "forkserver":
@@ -103,7 +103,7 @@ def importable(fn: Callable[..., Any]) -> bool:
 def warm_up(fn: Callable[..., Any] | None) -> None:
     """Start the fork server now, if this call's worker processes will come from it.
 
-    Its boot (a fresh Python, the worker's code, the main script: about 40 ms here) then
+    Its boot (a fresh Python and the worker's code: 30-40 ms here) then
     runs while the call still imports and sets up the engine, on another core, rather
     than after, when the call starts its first worker and waits for the server. The
     server lives as long as the program, as multiprocessing's does: nothing is started
