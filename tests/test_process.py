@@ -725,3 +725,35 @@ def start_method_is_fork() -> bool:
     from taskfan._start import start_method
 
     return start_method() == "fork"
+
+
+PRELOAD_SCRIPT = """
+import sys
+
+if __name__ == "__mp_main__":  # a worker, importing this script again after its fork
+    print("worker-found", "statistics" in sys.modules, "helper" in sys.modules, flush=True)
+
+import statistics, threading, helper, taskfan
+
+if __name__ == "__main__":
+    release = threading.Event()
+    helper_thread = threading.Thread(target=release.wait)  # a second thread: a fork server
+    helper_thread.start()
+    assert taskfan.map(abs, [-1, -2], backend="process", workers=2, chunksize=1) == [1, 2]
+    release.set()
+    helper_thread.join()
+"""
+
+
+def test_the_fork_server_imports_the_standard_library_the_program_uses(tmp_path: Path) -> None:
+    # A worker finds in the server what the program had imported from the standard
+    # library (statistics here), as a forked worker would; never the program's own
+    # modules (helper), which it imports itself, as they may start threads or open files.
+    (tmp_path / "helper.py").write_text("VALUE = 1\n")
+    script = tmp_path / "script.py"
+    script.write_text(PRELOAD_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["worker-found", "True", "False"] * 2, out.stdout
