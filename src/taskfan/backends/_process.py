@@ -601,20 +601,26 @@ class ProcessBackend(Backend):
         for field, value in ((STATE, STARTING), (CALL_ID, -1), (INDEX, -1), (STARTED, 0)):
             self._marks[base + field] = value
         name = f"process-{next(self._numbers)}"
-        if isinstance(self._slots, SharedSlots):
-            process, conn, dump, control = self._fork_from_server(slot, name)
-        else:
-            process, conn, dump, control = self._start_process(slot, name)
+        conn, child_conn = Pipe(duplex=True)
+        dump, child_dump = Pipe(duplex=False)
+        child_control, control = Pipe(duplex=False)
+        ends = (child_conn, child_dump, child_control)  # the worker's: theirs once it starts
+        try:
+            if isinstance(self._slots, SharedSlots):
+                process = self._fork_from_server(slot, name, ends)
+            else:
+                process = self._start_process(slot, name, ends)
+        finally:
+            for end in ends:
+                end.close()
         worker = _Worker(process, conn, dump, slot, name)
         worker.control = control
         return worker
 
-    def _fork_from_server(self, slot: int, name: str) -> tuple[Any, Any, Any, Any]:
-        """A worker forked by taskfan's fork server (see _server), and its pipes."""
+    def _fork_from_server(self, slot: int, name: str, ends: tuple[Any, Any, Any]) -> Any:
+        """A worker forked by taskfan's fork server (see _server), on the pipe ends ``ends``."""
         assert isinstance(self._slots, SharedSlots)
-        conn, child_conn = Pipe(duplex=True)
-        dump, child_dump = Pipe(duplex=False)
-        child_control, control = Pipe(duplex=False)
+        child_conn, child_dump, child_control = ends
         fds = {
             "conn": child_conn.fileno(),
             "dump": child_dump.fileno(),
@@ -623,24 +629,15 @@ class ProcessBackend(Backend):
             "slots": self._slots.fd,
         }
         start = (slot, self._init_blob, self._max_tasks, self._slots.size)
-        try:
-            process = fork_worker(
-                fds, start, f"taskfan-{name}", by_value="cloudpickle" in sys.modules
-            )
-        finally:
-            child_conn.close()
-            child_dump.close()
-            child_control.close()
+        process = fork_worker(fds, start, f"taskfan-{name}", by_value="cloudpickle" in sys.modules)
         started_by_server()
-        return process, conn, dump, control
+        return process
 
-    def _start_process(self, slot: int, name: str) -> tuple[Any, Any, Any, Any]:
-        """A worker started by multiprocessing (fork, spawn), and its pipes."""
+    def _start_process(self, slot: int, name: str, ends: tuple[Any, Any, Any]) -> Any:
+        """A worker started by multiprocessing (fork, spawn), on the pipe ends ``ends``."""
         method = start_method()
         context: Any = multiprocessing.get_context(method)
-        conn, child_conn = context.Pipe(duplex=True)
-        dump, child_dump = context.Pipe(duplex=False)
-        child_control, control = context.Pipe(duplex=False)
+        child_conn, child_dump, child_control = ends
         spec = WorkerSpec(
             child_conn,
             self._lifeline,
@@ -655,10 +652,7 @@ class ProcessBackend(Backend):
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
         with starting(method):
             process.start()
-        child_conn.close()
-        child_dump.close()
-        child_control.close()
-        return process, conn, dump, control
+        return process
 
 
 _IDLE_HINT = (

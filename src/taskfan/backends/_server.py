@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading  # (a worker needs it anyway: the server imports it either way)
 from typing import Any
 
 __all__ = [
@@ -78,18 +79,13 @@ class _Server:
         finally:
             theirs.close()
         self.sock = ours
-        self.by_value = by_value
         self.owner = os.getpid()  # a forked child inherits this object, not the server
 
     def alive(self) -> bool:
         """False once it has exited. (Not known for sure if something else reaped it, as
         with SIGCHLD ignored: then a request to a dead server fails, and a fresh one is
         started.)"""
-        try:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return True
-        return pid == 0
+        return _running_child(self.pid, unknown=True)
 
     def request(self, fds: list[int], payload: bytes) -> None:
         import _socket
@@ -106,31 +102,23 @@ class _Server:
 
         self.sock.close()
         deadline = time.monotonic() + 1.0
-        while _running_child(self.pid):
+        while _running_child(self.pid, unknown=False):
             if time.monotonic() > deadline:
                 os.kill(self.pid, 9)
                 deadline = float("inf")
             time.sleep(0.001)
 
 
-def _running_child(pid: int) -> bool:
+def _running_child(pid: int, *, unknown: bool) -> bool:
+    """Has the child ``pid`` not exited yet? ``unknown`` if something else reaped it."""
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == 0
-    except ChildProcessError:  # reaped by someone else: gone
-        return False
+    except ChildProcessError:
+        return unknown
 
 
 _server: _Server | None = None
-_lock: Any = None  # taken to start the server or send it a request (threads share it)
-
-
-def _locked() -> Any:
-    global _lock
-    if _lock is None:
-        import threading
-
-        _lock = threading.Lock()  # (made once, before any thread can race for it: GIL)
-    return _lock
+_lock = threading.Lock()  # taken to start the server or send it a request (threads share it)
 
 
 def shut_down() -> None:
@@ -143,7 +131,7 @@ def shut_down() -> None:
 
 def warm_up(by_value: bool) -> None:
     """Start the server now (if it does not run yet): it boots while the call sets up."""
-    with _locked():
+    with _lock:
         _running(by_value)
 
 
@@ -313,7 +301,7 @@ def fork_worker(
     here = (os.getcwd(), _child_path(), name, authkey)
     payload = pickle.dumps((start, here), protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        with _locked():
+        with _lock:
             _request([sent[name] for name in _FDS], payload, by_value)
     except BaseException:
         os.close(pid_r)
