@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from typing import Any
 
 import pytest
 
 from taskfan._clock import MockClock
-from taskfan._engine import Engine, Job
+from taskfan._engine import RETRY_COALESCE, Engine, Job
 from taskfan._options import make_options, plan
 from taskfan.backends._base import SINGLE
 
@@ -77,6 +78,26 @@ def test_retry_on_limits_which_errors_are_retried() -> None:
     task = Flaky(clock, failures=1, error=KeyError)
     engine = run(task, ["k"], clock, retries=3, retry_on=(OSError,), errors="return")
     assert len(task.starts["k"]) == 1 and engine.report.failed == 1
+
+
+def test_retries_due_together_go_out_together_none_late_none_a_slot_early() -> None:
+    # 200 tasks fail at once, in one chunk; their delays are drawn in offset order, so
+    # a generator seeded alike says when each falls due. The serial backend's slot is
+    # RETRY_COALESCE (2 ms) wide: 200 delays within 10 ms end in at most 6 slots.
+    clock = MockClock()
+    task = Flaky(clock, failures=1)
+    t0 = clock.now()
+    n, backoff = 200, 0.01
+    engine = run(task, list(range(n)), clock, retries=1, backoff=backoff, chunksize=n)
+    rng = random.Random(7)
+    due = [t0 + rng.random() * backoff for _ in range(n)]
+    retried_at = [task.starts[x][1] for x in range(n)]
+    assert all(at <= when for at, when in zip(retried_at, due, strict=True))  # none late
+    early = [when - at for at, when in zip(retried_at, due, strict=True)]
+    assert max(early) < RETRY_COALESCE  # none more than a slot early
+    assert len(set(retried_at)) <= math.ceil(backoff / RETRY_COALESCE) + 1  # one call a slot
+    assert min(retried_at) == pytest.approx(min(due))  # the first due starts right on time
+    assert engine.report.ok == n and engine.report.retried == n
 
 
 def test_rate_spaces_task_starts_evenly_without_burst() -> None:

@@ -54,7 +54,7 @@ AUTO_WINDOW_MAX = 65_536
 CUT_FACTOR = 4.0
 #: ...and at least this long (seconds): jitter alone never cuts a chunk
 CUT_FLOOR = 0.05
-#: retries falling due within this many seconds of each other go out in one call (more
+#: retries falling due within one slot of this many seconds go out in one call (longer
 #: where a call costs more: up to a backend's chunk time, at most a quarter of the
 #: backoff: a retry starts at most that much before its drawn delay ends)
 RETRY_COALESCE = 0.002
@@ -275,7 +275,10 @@ class Engine:
         self._cut: set[int] = set()  # calls already asked to stop early
         self._skip: dict[int, int] = {}  # call id -> its first items, already settled
         self._pending: deque[Span] = deque()
-        self._timers: list[tuple[float, int, Span]] = []
+        # Retries waiting out their backoff, by slot of time (see _schedule_retries): a
+        # heap of (when the slot goes out, id, slot), and each slot's tasks.
+        self._timers: list[tuple[float, int, _Slot]] = []
+        self._slots: dict[int, dict[int, _Slot]] = {}  # attempt -> slot number -> slot
         self._buffer: dict[int, Piece] = {}  # ended out of order, waiting for the head
         self._weights: dict[int, int] = {}  # their estimated bytes, by seq
         self._buffered_bytes = self._buffered_items = 0
@@ -478,6 +481,7 @@ class Engine:
             logging.getLogger("taskfan").debug("could not collect late results", exc_info=True)
         self._pending.clear()
         self._timers.clear()
+        self._slots.clear()
 
     def leftover(self) -> list[Piece]:
         """Pieces that ended but were never yielded (after the run stopped early)."""
@@ -525,7 +529,7 @@ class Engine:
             self._exhausted
             and not self._inflight
             and not self._pending
-            and not self._timers
+            and self._retry_due() is None
             and not self._out
         )
 
@@ -575,26 +579,34 @@ class Engine:
         return span
 
     def _batch(self, span: Span) -> Span:
-        """Retries of single tasks that fall due together go out as one call: a
-        thousand tiny retries must not cost a thousand messages. A span queued when
-        tasks looked quicker than they turned out is cut to today's chunk size."""
+        """Retries that are due together go out as one call, up to a chunk: a thousand
+        tiny retries must not cost a thousand messages. A span queued when tasks looked
+        quicker than they turned out is cut to today's chunk size."""
         pending = self._pending
         size = self._sizer.size()
         if len(span.items) > size:
             pending.appendleft(span.sub(size, len(span.items)))
             return span.sub(0, size)
-        if not (span.attempt > 1 and len(span.items) == 1 and pending):
+        if not (span.attempt > 1 and pending):
             return span
-        items, positions = [span.items[0]], [span.seq]
-        while pending and len(items) < size:
-            head = pending[0]
-            if head.attempt != span.attempt or len(head.items) != 1 or head.sent != span.sent:
+        head = pending[0]
+        if head.attempt != span.attempt or head.sent != span.sent:
+            return span
+        items, positions = list(span.items), _positions(span)
+        while len(items) < size:
+            room = size - len(items)
+            if len(head.items) > room:
+                pending[0] = head.sub(room, len(head.items))
+                head = head.sub(0, room)
+            else:
+                pending.popleft()
+            items += head.items
+            positions += _positions(head)
+            if not pending:
                 break
-            pending.popleft()
-            items.append(head.items[0])
-            positions.append(head.positions[0] if head.positions else head.seq)
-        if len(items) == 1:
-            return span
+            head = pending[0]
+            if head.attempt != span.attempt or head.sent != span.sent:
+                break
         return Span(positions[0], items, span.attempt, positions, span.sent)
 
     def _take(self, size: int) -> Sequence[Any]:
@@ -704,13 +716,10 @@ class Engine:
                             self._finish(rest)
                 raise
         now = self.clock.now()
-        # When a retry falls due, those due within a moment after it go out with it
-        # (see _batch): starting a little early is well inside the jitter of a delay.
-        timers = self._timers
-        if timers and timers[0][0] <= now:
-            while timers and timers[0][0] <= now + self._coalesce:
-                self._pending.append(heapq.heappop(timers)[2])
-        if self._exhausted and not self._pending and not self._timers:
+        due = self._retry_due()
+        if due is not None and due <= now:
+            self._release_retries(now)
+        if self._exhausted and not self._pending and self._retry_due() is None:
             self._backend.release_idle()
         self._expire(now)
         self._cut_overdue(now)
@@ -729,8 +738,13 @@ class Engine:
         """
         now = self.clock.now()
         wake = math.inf
-        if self._timers:
-            wake = self._timers[0][0]
+        due = self._retry_due()
+        if due is not None and len(self._inflight) < self._call_limit():
+            # With every call slot taken, a retry that falls due could not go out: the
+            # next call to end frees a slot, and brings every retry due by then (see
+            # _react), in one call. Waking for each would take the GIL from the
+            # workers (threads) for nothing.
+            wake = due
         if self._interval and len(self._inflight) < self._max_calls and self._has_work():
             wake = min(wake, self._next_start)
         if self.options.timeout is not None and self._inflight:
@@ -935,14 +949,17 @@ class Engine:
         if failures:
             attempt, retryable = piece.attempt, self._retryable
             final: list[Failure] = []
-            for i, f in failures.items():  # (one pass: this runs once per failure)
-                if retryable(f, attempt):
-                    retry.append(i)
-                else:
-                    final.append(f)
+            if attempt > self.options.retries:
+                final += failures.values()
+            else:
+                for i, f in failures.items():  # (one pass: this runs once per failure)
+                    # (set aside and retryable: the usual failure, told without a call)
+                    if (f.set_aside and f.retry) or retryable(f, attempt):
+                        retry.append(i)
+                    else:
+                        final.append(f)
             if retry:
-                seq, items = piece.seq, piece.items
-                self._schedule_retries([Span(seq + i, [items[i]], attempt + 1) for i in retry])
+                self._schedule_retries(piece.seq, piece.items, retry, attempt + 1)
             if final:
                 tally.failed += len(final)
                 tally.timed_out += sum(f.status == "timeout" for f in final)
@@ -1027,21 +1044,99 @@ class Engine:
             return True
         return isinstance(failure.bare_error, self.options.retry_on)
 
-    def _schedule_retries(self, spans: list[Span]) -> None:
-        """Queue ``spans`` (on one attempt number) after their backoff: uniform in
-        ``[0, cap)``, the cap doubling per attempt ("full jitter")."""
+    def _schedule_retries(
+        self, seq: int, items: Sequence[Any], offsets: list[int], attempt: int
+    ) -> None:
+        """Queue the tasks at ``offsets`` of ``items`` (from ``seq``) for their attempt
+        number ``attempt``, after a backoff each: uniform in ``[0, cap)``, the cap doubling
+        per attempt ("full jitter").
+
+        Time is cut into slots of ``_coalesce`` seconds, and the retries of one attempt
+        number whose delays end in one slot go out together, in one call, when the first
+        of them falls due: a thousand tiny retries must not cost a thousand calls, nor a
+        thousand timers. No retry starts late, and none more than one slot before its
+        delay ends, well inside the jitter of the delay; one alone starts right on time.
+        """
         o = self.options
-        cap = min(o.backoff_max, o.backoff * 2.0 ** (spans[0].attempt - 2))
+        cap = min(o.backoff_max, o.backoff * 2.0 ** (attempt - 2))
         if cap <= 0:
-            self._pending.extend(spans)
+            self._pending.append(
+                _retry_span([seq + i for i in offsets], [items[i] for i in offsets], attempt)
+            )
             return
         if self._rng is None:
             import random
 
             self._rng = random.Random()
-        now, draw, ids, timers = self.clock.now(), self._rng.random, self._ids, self._timers
-        for span in spans:
-            heapq.heappush(timers, (now + draw() * cap, next(ids), span))
+        now, draw, width = self.clock.now(), self._rng.random, self._coalesce
+        slots = self._slots.get(attempt)
+        if slots is None:
+            slots = self._slots[attempt] = {}
+        for i in offsets:
+            due = now + draw() * cap
+            number = int(due / width)
+            slot = slots.get(number)
+            if slot is None:
+                slot = slots[number] = _Slot(attempt, number, due)
+                heapq.heappush(self._timers, (due, next(self._ids), slot))
+            elif due < slot.due:  # due sooner than the slot was: an earlier timer for it
+                slot.due = due
+                heapq.heappush(self._timers, (due, next(self._ids), slot))
+            slot.seqs.append(seq + i)
+            slot.items.append(items[i])
+
+    def _release_retries(self, now: float) -> None:
+        """Queue the retries whose slots are due, those of one attempt number together."""
+        timers, slots = self._timers, self._slots
+        by_attempt: dict[int, _Slot] = {}
+        while timers and timers[0][0] <= now:
+            slot = heapq.heappop(timers)[2]
+            if slot.gone:
+                continue  # a later timer of a slot that went out at its first
+            slot.gone = True
+            del slots[slot.attempt][slot.number]
+            into = by_attempt.get(slot.attempt)
+            if into is None:
+                by_attempt[slot.attempt] = slot
+            else:
+                into.seqs += slot.seqs
+                into.items += slot.items
+        for attempt, slot in by_attempt.items():
+            self._pending.append(_retry_span(slot.seqs, slot.items, attempt))
+
+    def _retry_due(self) -> float | None:
+        """When the first retry waiting out its backoff falls due (None: none waits)."""
+        timers = self._timers
+        while timers and timers[0][2].gone:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+
+def _positions(span: Span) -> list[int]:
+    """Where each task of ``span`` belongs."""
+    if span.positions is not None:
+        return list(span.positions)
+    return list(range(span.seq, span.seq + len(span.items)))
+
+
+class _Slot:
+    """The retries of one attempt number falling due in one slot of time."""
+
+    __slots__ = ("attempt", "due", "gone", "items", "number", "seqs")
+
+    def __init__(self, attempt: int, number: int, due: float) -> None:
+        self.attempt, self.number = attempt, number
+        self.due = due  # when its first retry falls due: the slot goes out then
+        self.gone = False  # gone out (its later timers, if any, are void)
+        self.seqs: list[int] = []
+        self.items: list[Any] = []
+
+
+def _retry_span(seqs: list[int], items: list[Any], attempt: int) -> Span:
+    """Retries (each in its own place, ``seqs``) as one span: positions unless one task."""
+    if len(seqs) == 1:
+        return Span(seqs[0], items, attempt)
+    return Span(seqs[0], items, attempt, seqs)
 
 
 def _close_all(observers: list[Observer], report: Report) -> None:
