@@ -983,9 +983,14 @@ class Engine:
         if self._ordered:
             # In order, what follows a retried task waits for it anyway: the piece stays
             # whole, and each retried task fills its hole when it ends for good.
+            seq = piece.seq
+            if len(retry) == len(failures):
+                failures = None  # (the usual case: every failure is retried)
+            else:
+                for i in retry:
+                    del failures[i]
             for i in retry:
-                del failures[i]
-                holes[piece.seq + i] = piece
+                holes[seq + i] = piece
             piece.failures = failures or None
             piece.holes = len(retry)
         else:
@@ -1072,10 +1077,11 @@ class Engine:
         slots = self._slots.get(attempt)
         if slots is None:
             slots = self._slots[attempt] = {}
+        find = slots.get
         for i in offsets:
             due = now + draw() * cap
             number = int(due / width)
-            slot = slots.get(number)
+            slot = find(number)
             if slot is None:
                 slot = slots[number] = _Slot(attempt, number, due)
                 heapq.heappush(self._timers, (due, next(self._ids), slot))
