@@ -589,24 +589,21 @@ class Engine:
             return span.sub(0, size)
         if not (span.attempt > 1 and pending):
             return span
-        head = pending[0]
-        if head.attempt != span.attempt or head.sent != span.sent:
-            return span
         items, positions = list(span.items), _positions(span)
-        while len(items) < size:
+        while pending and len(items) < size:
+            head = pending[0]
+            if head.attempt != span.attempt or head.sent != span.sent:
+                break
             room = size - len(items)
-            if len(head.items) > room:
+            if len(head.items) > room:  # the rest of it stays first in the queue
                 pending[0] = head.sub(room, len(head.items))
                 head = head.sub(0, room)
             else:
                 pending.popleft()
             items += head.items
             positions += _positions(head)
-            if not pending:
-                break
-            head = pending[0]
-            if head.attempt != span.attempt or head.sent != span.sent:
-                break
+        if len(items) == len(span.items):
+            return span
         return Span(positions[0], items, span.attempt, positions, span.sent)
 
     def _take(self, size: int) -> Sequence[Any]:
@@ -949,15 +946,11 @@ class Engine:
         if failures:
             attempt, retryable = piece.attempt, self._retryable
             final: list[Failure] = []
-            if attempt > self.options.retries:
-                final += failures.values()
-            else:
-                for i, f in failures.items():  # (one pass: this runs once per failure)
-                    # (set aside and retryable: the usual failure, told without a call)
-                    if (f.set_aside and f.retry) or retryable(f, attempt):
-                        retry.append(i)
-                    else:
-                        final.append(f)
+            for i, f in failures.items():  # (one pass: this runs once per failure)
+                if retryable(f, attempt):
+                    retry.append(i)
+                else:
+                    final.append(f)
             if retry:
                 self._schedule_retries(piece.seq, piece.items, retry, attempt + 1)
             if final:
@@ -1092,23 +1085,16 @@ class Engine:
             slot.items.append(items[i])
 
     def _release_retries(self, now: float) -> None:
-        """Queue the retries whose slots are due, those of one attempt number together."""
+        """Queue the retries whose slots are due (_batch sends those due together in one
+        call)."""
         timers, slots = self._timers, self._slots
-        by_attempt: dict[int, _Slot] = {}
         while timers and timers[0][0] <= now:
             slot = heapq.heappop(timers)[2]
             if slot.gone:
                 continue  # a later timer of a slot that went out at its first
             slot.gone = True
             del slots[slot.attempt][slot.number]
-            into = by_attempt.get(slot.attempt)
-            if into is None:
-                by_attempt[slot.attempt] = slot
-            else:
-                into.seqs += slot.seqs
-                into.items += slot.items
-        for attempt, slot in by_attempt.items():
-            self._pending.append(_retry_span(slot.seqs, slot.items, attempt))
+            self._pending.append(_retry_span(slot.seqs, slot.items, slot.attempt))
 
     def _retry_due(self) -> float | None:
         """When the first retry waiting out its backoff falls due (None: none waits)."""

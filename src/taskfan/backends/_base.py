@@ -91,7 +91,7 @@ class Failure:
     and formatting is the dearest part of a failure.
     """
 
-    __slots__ = ("_error", "_traceback", "_untold", "retry", "set_aside", "status")
+    __slots__ = ("_error", "_traceback", "_untold", "retry", "status")
 
     def __init__(
         self,
@@ -104,9 +104,6 @@ class Failure:
     ) -> None:
         self._error, self._traceback, self.status, self.retry = error, traceback, status, retry
         self._untold = as_cause  # the traceback still to be set as the error's __cause__
-        #: whether the backend found it retried (see :func:`set_aside`): the engine then
-        #: retries it without looking at its exception, which may not have been kept
-        self.set_aside = traceback is SET_ASIDE
 
     @property
     def error(self) -> BaseException:
@@ -137,6 +134,12 @@ class Failure:
     @traceback.setter
     def traceback(self, text: str) -> None:
         self._traceback = text
+
+    @property
+    def set_aside(self) -> bool:
+        """Whether the backend found it retried (see :func:`set_aside`): the engine then
+        retries it without looking at its exception, which may not have been kept."""
+        return self._traceback is SET_ASIDE
 
 
 #: In a piece yielded out of order, the failure at the offset of a task that is being

@@ -333,10 +333,7 @@ class ProcessBackend(Backend):
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 _kill(worker.process)
-            worker.conn.close()
-            worker.dump.close()
-            worker.control.close()
-            _release(worker.process)
+            _release(worker)
             self._workers.remove(worker)
         if self._lifeline is not None:
             self._lifeline.close()
@@ -566,10 +563,7 @@ class ProcessBackend(Backend):
     def _retire(self, worker: _Worker) -> None:
         self._workers.remove(worker)
         self._free.append(worker.slot)
-        worker.conn.close()
-        worker.dump.close()
-        worker.control.close()
-        _release(worker.process)
+        _release(worker)
         self._graveyard.append(worker)  # freed by the next wait or close (see _spawn)
 
     # --- workers ------------------------------------------------------------------------
@@ -715,10 +709,14 @@ def _tiny(call: Call) -> bool:
     return n >= UNMARKED_FROM and call.expected is not None and call.expected <= n * UNMARKED_UPTO
 
 
-def _release(process: Any) -> None:
-    """Free what the backend holds of an ended worker (a fork server's: its pipes)."""
-    if isinstance(process, ServerChild):
-        process.close()
+def _release(worker: _Worker) -> None:
+    """Close what the backend holds of an ended worker: its pipes, and a fork server's
+    child's own (see ServerChild)."""
+    worker.conn.close()
+    worker.dump.close()
+    worker.control.close()
+    if isinstance(worker.process, ServerChild):
+        worker.process.close()
 
 
 def _kill(process: Any) -> None:
