@@ -757,3 +757,110 @@ def test_the_fork_server_imports_the_standard_library_the_program_uses(tmp_path:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["worker-found", "True", "False"] * 2, out.stdout
+
+
+# --- a list given to map travels by place to forked workers ---------------------------------
+
+
+class WherePickled:
+    """Rebuilt with the pid of the process that pickled it."""
+
+    def __init__(self, value: int, pickled_by: int | None = None) -> None:
+        self.value, self.pickled_by = value, pickled_by
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WherePickled, (self.value, os.getpid()))
+
+
+def where_pickled(item: WherePickled) -> tuple[int, int | None, int]:
+    return item.value, item.pickled_by, os.getpid()
+
+
+def test_a_list_given_to_map_is_pickled_by_the_forked_workers(start_method: str) -> None:
+    # Forked workers have the list already: each pickles its own part, and the parent,
+    # which every worker waits on, neither pickles nor touches the items. Other workers
+    # get the items pickled by the parent.
+    items = [WherePickled(i) for i in range(300)]
+    got = taskfan.map(where_pickled, items, **P)
+    assert [value for value, _, _ in got] == list(range(300))
+    if start_method == "fork":
+        assert all(by == worker for _, by, worker in got)
+    else:
+        assert all(by == os.getpid() for _, by, _ in got)
+    # imap lets its caller run between results (and change the list): never by place
+    assert all(by == os.getpid() for _, by, _ in taskfan.imap(where_pickled, items, **P))
+
+
+class Rounded:
+    """Pickling keeps only the whole part."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Rounded, (int(self.x),))
+
+
+def read_x(item: Rounded) -> float:
+    return item.x
+
+
+def kind_and_value(item: Any) -> tuple[str, Any]:
+    return type(item).__name__, item
+
+
+def call_it(fn: Any) -> Any:
+    return fn()
+
+
+def test_items_read_by_place_are_what_pickling_makes_of_them() -> None:
+    # as if they had come through the pipe: altered by their own pickling, plain values
+    # of every kind unchanged, lambdas sent by value, unpicklable ones failing alone
+    assert taskfan.map(read_x, [Rounded(i + 0.5) for i in range(100)], **P) == list(range(100))
+    mixed = [1, "a", 2.5, b"x", None, True, 10**30, (1, 2), [3], {"k": 4}] * 30
+    assert taskfan.map(kind_and_value, mixed, **P) == [(type(x).__name__, x) for x in mixed]
+    assert taskfan.map(call_it, [lambda i=i: i * 2 for i in range(50)], **P) == [
+        i * 2 for i in range(50)
+    ]
+    items: list[Any] = list(range(2000))
+    items[1500] = threading.Lock()
+    got = taskfan.map(str, items, errors="return", **P)
+    assert isinstance(got[1500], TypeError)
+    assert "cannot send this task's arguments" in str(got[1500])
+    assert got[:1500] + got[1501:] == [str(i) for i in range(2000) if i != 1500]
+
+
+def test_workers_started_otherwise_mid_run_get_the_items_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first workers are forked; once the program has threads, the workers that
+    # replace them are not, have no copy of the list, and are sent the items.
+    from taskfan.backends import _process
+
+    starts: list[str] = []
+
+    def fork_then_spawn() -> str:
+        starts.append("fork" if len(starts) < 3 else "spawn")
+        return starts[-1]
+
+    monkeypatch.setattr(_process, "start_method", fork_then_spawn)
+    items = [WherePickled(i) for i in range(40)]
+    got = taskfan.map(where_pickled, items, max_tasks_per_worker=10, chunksize=5, **P)
+    assert [value for value, _, _ in got] == list(range(40))
+    spawned = {pid for _, by, pid in got if by == os.getpid()}
+    forked = {pid for _, by, pid in got if by == pid}
+    assert spawned and forked and not spawned & forked
+    assert len(spawned | forked) == len({pid for _, _, pid in got})
+
+
+def test_a_part_reads_like_the_slice_it_stands_for() -> None:
+    from taskfan.backends._base import Part
+
+    data = list(range(10))
+    part = Part(data, 2, 8)
+    assert len(part) == 6 and list(part) == data[2:8]
+    assert part[0] == 2 and part[-1] == 7
+    assert list(part[1:3]) == data[3:5] and list(part[::2]) == data[2:8:2]
+    assert len(Part(data, 8, 20)) == 2  # clipped at the end of its input
+    with pytest.raises(IndexError):
+        part[6]

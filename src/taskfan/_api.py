@@ -66,7 +66,7 @@ def _collect(
 ) -> list[Any]:
     _check_fn(where, fn)
     opts = options_keeping_all(where, options)
-    engine = _engine(fn, mode, items, opts, ordered=True)
+    engine = _engine(fn, mode, items, opts, ordered=True, shares_input=True)
     out: list[Any] = []
     try:
         for piece in engine.run():
@@ -100,6 +100,7 @@ def _engine(
     function: str | None = None,
     total: int | None = None,
     chosen: Plan | None = None,
+    shares_input: bool = False,
 ) -> Engine:
     checked = _checked_items(items)
     if total is None:
@@ -119,7 +120,9 @@ def _engine(
 
     job = Job(fn, mode, checked, total)
     if opts.journal is None:
-        return Engine(job, opts, chosen, ordered=ordered, fail_fast=fail_fast)
+        return Engine(
+            job, opts, chosen, ordered=ordered, fail_fast=fail_fast, shares_input=shares_input
+        )
     from ._records import describe_function
     from ._resume import JournaledEngine
 

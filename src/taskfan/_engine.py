@@ -37,6 +37,7 @@ from .backends._base import (
     Cut,
     Done,
     Failure,
+    Part,
     Setup,
     describe_failure,
 )
@@ -248,6 +249,7 @@ class Engine:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         backend: Callable[[int, Clock], Backend] | None = None,
+        shares_input: bool = False,
     ) -> None:
         self.options, self.plan = options, plan
         self.clock = clock or SystemClock()
@@ -255,6 +257,10 @@ class Engine:
         self._source: Iterator[Any] = iter(job.items)
         items = job.items
         self._sequence = items if isinstance(items, list | tuple | range) else None
+        # The caller runs nothing until the job ends (map): a list input cannot change
+        # meanwhile, so workers with a copy of it may read their items there (see Part).
+        self._shares_input = shares_input and isinstance(items, list | tuple)
+        self._parts = False
         self._ordered, self._fail_fast = ordered, fail_fast
         self._rng = rng  # made at the first backoff: most runs never draw
         # ``backend`` replaces the registered class (a test's scripted backend).
@@ -303,7 +309,9 @@ class Engine:
         self._opened = True
         self._t0 = self.clock.now()
         o = self.options
-        self._backend.start(Setup(o.initializer, o.initargs, o.max_tasks_per_worker))
+        shared = self._sequence if self._shares_input else None
+        self._backend.start(Setup(o.initializer, o.initargs, o.max_tasks_per_worker, shared))
+        self._parts = shared is not None and self._backend.takes_parts
         self._observers = make_observers(
             o.progress, self._job.total, o.desc, o.progress_every, self.clock
         )
@@ -613,6 +621,8 @@ class Engine:
         if self._sequence is not None:
             # Slicing a list is a copy of pointers; slicing a range creates nothing.
             start = self.tally.pulled
+            if self._parts:
+                return Part(self._sequence, start, start + size)
             return self._sequence[start : start + size]
         items: list[Any] = []
         try:

@@ -14,7 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from .._clock import Clock
 from .._errors import TaskfanError, TaskTraceback
@@ -215,20 +215,66 @@ class Cut(Plain):
 
 class Setup(Frozen):
     """How each worker is prepared: ``initializer(*initargs)`` once before its first task;
-    a process worker is replaced after ``max_tasks_per_worker`` tasks."""
+    a process worker is replaced after ``max_tasks_per_worker`` tasks. ``shared`` is the
+    job's input when it is a list that nothing changes while the job runs: a forked
+    worker has its own copy of it, so calls may name their items by place (see Part)."""
 
-    __slots__ = ("initializer", "initargs", "max_tasks_per_worker")
+    __slots__ = ("initializer", "initargs", "max_tasks_per_worker", "shared")
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     max_tasks_per_worker: int | None
+    shared: Sequence[Any] | None
 
     def __init__(
         self,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
+        shared: Sequence[Any] | None = None,
     ) -> None:
-        self._fill(initializer, initargs, max_tasks_per_worker)
+        self._fill(initializer, initargs, max_tasks_per_worker, shared)
+
+
+class Part(Sequence[Any]):
+    """Items ``[start, stop)`` of a shared input (see Setup), without copying them.
+
+    Slicing a list copies its pointers and writes to every item's reference count; in a
+    parent whose workers were forked, each write to a page they still share costs a
+    page fault (the page is copied). A worker that has the input names its items by
+    place instead, and the parent never touches them.
+    """
+
+    __slots__ = ("seq", "start", "stop")
+
+    def __init__(self, seq: Sequence[Any], start: int, stop: int) -> None:
+        self.seq, self.start, self.stop = seq, start, min(stop, len(seq))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Part: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            a, b, step = index.indices(len(self))
+            if step != 1:
+                return list(self)[index]
+            return Part(self.seq, self.start + a, self.start + max(a, b))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("Part index out of range")
+        return self.seq[self.start + index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.seq[self.start : self.stop])
+
+    def __repr__(self) -> str:
+        return f"Part({self.start}:{self.stop} of {len(self.seq)})"
 
 
 Mark = Callable[[int], bool]
@@ -506,6 +552,9 @@ class Backend(ABC):
     def __init__(self, workers: int, clock: Clock) -> None:
         self.workers = workers
         self.clock = clock
+        #: set by :meth:`start`: calls may carry their items as a :class:`Part` of
+        #: ``setup.shared`` (a backend that says so turns them into what it sends)
+        self.takes_parts = False
 
     def start(self, setup: Setup) -> None:  # noqa: B027 - optional: nothing to prepare
         """Prepare to run calls, each worker as ``setup`` says."""

@@ -42,9 +42,10 @@ from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
 from .._pickling import dumps_by_value
 from .._start import importable, own_server, start_method, started_by_server, starting
-from ._base import Backend, Call, Cut, Done, Failure, Setup, describe_failure
+from ._base import Backend, Call, Cut, Done, Failure, Part, Setup, describe_failure
 from ._server import ServerChild, SharedSlots, fork_worker, shut_down
 from ._worker import (
+    BY_VALUE,
     CALL_ID,
     CUT_NOTICE,
     FUNCTION,
@@ -53,6 +54,7 @@ from ._worker import (
     READY,
     RUNNING_UNMARKED,
     SEPARATE,
+    SHARED,
     SLOT_FIELDS,
     STARTED,
     STARTING,
@@ -129,6 +131,7 @@ class _Worker:
         "name",
         "outstanding",
         "process",
+        "shared",
         "since",
         "slot",
     )
@@ -140,6 +143,7 @@ class _Worker:
         self.outstanding: deque[_Sent] = deque()
         self.functions: set[int] = set()
         self.items = 0
+        self.shared = False  # it has the job's input (forked after the job began)
 
 
 _open_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
@@ -177,6 +181,7 @@ class ProcessBackend(Backend):
         self._fruitless_deaths = 0
         self._init_blob: bytes | None = None
         self._max_tasks: int | None = None
+        self._shared: Any = None  # the job's input, when workers are forked (see SHARED)
         self._slots: Any = None
         self._marks: memoryview | None = None
         self._lifeline: Any = None
@@ -195,7 +200,11 @@ class ProcessBackend(Backend):
                 raise TypeError(_cannot_send("initializer", setup.initializer, error)) from error
         self._max_tasks = setup.max_tasks_per_worker
         size = self.workers * SLOT_FIELDS * 8
-        if own_server(start_method()):
+        method = start_method()
+        # Forked workers have the job's input already: calls name their items by place.
+        self._shared = setup.shared if method == "fork" else None
+        self.takes_parts = self._shared is not None
+        if own_server(method):
             self._slots = SharedSlots(size)  # (the fork server hands it to each worker)
         else:
             # Shared memory that a spawned child can map too (as RawArray's is, which
@@ -212,6 +221,7 @@ class ProcessBackend(Backend):
     def submit(self, call: Call) -> None:
         fn_id = self._function_id(call.fn) if call.fn is not None else -1
         flags = TIMED if call.timed else UNMARKED if _tiny(call) else 0
+        flags = self._by_place(call, flags)
         body = self._encode(call, fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)
@@ -374,8 +384,23 @@ class ProcessBackend(Backend):
             self._retried_blobs[retried] = blob
         return self._retried_blobs[retried]
 
+    def _by_place(self, call: Call, flags: int) -> int:
+        """``flags``, with SHARED if the call's items can travel as their place."""
+        items = call.items
+        if (
+            type(items) is Part
+            and items.seq is self._shared
+            and not flags & (ONE_BY_ONE | BY_VALUE)
+        ):
+            return flags | SHARED
+        return flags & ~SHARED
+
     def _encode(self, call: Call, fn_id: int, flags: int) -> bytes | Done:
         items: Any = call.items
+        if flags & SHARED:
+            items = (items.start, items.stop)
+        elif type(items) is Part:
+            items = list(items)
         if flags & ONE_BY_ONE:
             items = [_dumps_item(item) for item in items]
         body = (fn_id, call.mode, items, flags, self._retried_blob(call.retried))
@@ -421,6 +446,15 @@ class ProcessBackend(Backend):
         return size <= PREFETCH_BYTES
 
     def _send(self, worker: _Worker, sent: _Sent) -> None:
+        if sent.flags & SHARED and not worker.shared:
+            # A worker that was not forked (the program had started a thread meanwhile)
+            # has no copy of the input: the items themselves go, now and if sent again.
+            sent.flags = (sent.flags & ~SHARED) | BY_VALUE
+            body = self._encode(sent.call, sent.fn_id, sent.flags)
+            if isinstance(body, Done):
+                self._ready.append(body)
+                return
+            sent.body = body
         count = len(sent.call.items)
         sent.limit = None
         if self._max_tasks is not None and worker.items + count > self._max_tasks:
@@ -473,6 +507,9 @@ class ProcessBackend(Backend):
             return
         if values is None:  # the worker could not rebuild the arguments
             worker.items -= sent.count  # it ran none of them
+            if sent.flags & SHARED:  # nor pickle its part of the input: send the items
+                self._again(sent, BY_VALUE, drop=SHARED)
+                return
             kept = len(sent.call.items) if sent.cut is None else sent.cut
             if kept > 1 and not sent.flags & ONE_BY_ONE:
                 self._again(sent, ONE_BY_ONE)  # only the bad item will fail
@@ -500,6 +537,7 @@ class ProcessBackend(Backend):
         call = sent.call
         if sent.cut is not None:  # items past the cut went to other workers
             call = call.with_items(call.items[: sent.cut])
+        flags = self._by_place(call, flags)
         body = self._encode(call, sent.fn_id, flags)
         if isinstance(body, Done):
             self._ready.append(body)
@@ -599,16 +637,18 @@ class ProcessBackend(Backend):
         dump, child_dump = Pipe(duplex=False)
         child_control, control = Pipe(duplex=False)
         ends = (child_conn, child_dump, child_control)  # the worker's: theirs once it starts
+        shared = False
         try:
             if isinstance(self._slots, SharedSlots):
                 process = self._fork_from_server(slot, name, ends)
             else:
-                process = self._start_process(slot, name, ends)
+                process, shared = self._start_process(slot, name, ends)
         finally:
             for end in ends:
                 end.close()
         worker = _Worker(process, conn, dump, slot, name)
         worker.control = control
+        worker.shared = shared
         return worker
 
     def _fork_from_server(self, slot: int, name: str, ends: tuple[Any, Any, Any]) -> Any:
@@ -627,11 +667,14 @@ class ProcessBackend(Backend):
         started_by_server()
         return process
 
-    def _start_process(self, slot: int, name: str, ends: tuple[Any, Any, Any]) -> Any:
-        """A worker started by multiprocessing (fork, spawn), on the pipe ends ``ends``."""
+    def _start_process(self, slot: int, name: str, ends: tuple[Any, Any, Any]) -> tuple[Any, bool]:
+        """A worker started by multiprocessing (fork, spawn), on the pipe ends ``ends``;
+        and whether it has the job's input (forked: see SHARED)."""
         method = start_method()
         context: Any = multiprocessing.get_context(method)
         child_conn, child_dump, child_control = ends
+        # (a forked child has its parent's memory: the input is not copied, nor pickled)
+        shared = self._shared if method == "fork" else None
         spec = WorkerSpec(
             child_conn,
             self._lifeline,
@@ -642,11 +685,12 @@ class ProcessBackend(Backend):
             self._max_tasks,
             child_dump,
             child_control,
+            shared,
         )
         process = context.Process(target=worker_main, name=f"taskfan-{name}", args=(spec,))
         with starting(method):
             process.start()
-        return process
+        return process, shared is not None
 
 
 _IDLE_HINT = (

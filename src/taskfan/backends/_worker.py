@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._pickling import dumps_by_value
@@ -42,12 +42,14 @@ if TYPE_CHECKING:
 # fails.
 
 __all__ = [
+    "BY_VALUE",
     "CALL",
     "CUT_NOTICE",
     "FUNCTION",
     "ONE_BY_ONE",
     "SEPARATE",
     "SET_ASIDE",
+    "SHARED",
     "SLOT_FIELDS",
     "STOP",
     "TIMED",
@@ -74,6 +76,13 @@ SEPARATE = 4  # results are pickled one by one: one that cannot be rebuilt fails
 # task). INDEX then reads UNMARKED while the items run; if the worker dies, the parent
 # sends the call again, marked, to learn which item killed it (see BackendProcess).
 UNMARKED = 8
+# The items are (start, stop): that part of the job's input, which a forked worker has a
+# copy of (``WorkerSpec.shared``). The worker pickles and rebuilds them itself (see
+# ``by_place``): the parent neither pickles them nor touches them.
+SHARED = 16
+# Never SHARED: the worker could not pickle or rebuild its part of the input, so the
+# parent sends the items themselves, and whatever fails fails as it always did.
+BY_VALUE = 32
 
 # One slot per worker in a shared int64 array: these fields, in this order.
 SLOT_FIELDS = 4
@@ -206,6 +215,7 @@ class WorkerSpec(NamedTuple):
     max_tasks: int | None
     dump: Any = None  # where faulthandler writes this worker's stacks on SIGUSR1
     control: Any = None  # the parent asks here to cut a call short (see _serve_cuts)
+    shared: Any = None  # forked workers only: the job's input, as it was (see SHARED)
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -228,6 +238,7 @@ def worker_main(spec: WorkerSpec) -> None:
     base = spec.slot * SLOT_FIELDS
     broken = _initialize(spec.init_blob)
     loop = _Loop(spec.conn, marks, base, broken)
+    loop.shared = spec.shared
     if spec.control is not None:
         threading.Thread(
             target=_serve_cuts, args=(loop, spec.control), name="taskfan-control", daemon=True
@@ -308,6 +319,7 @@ class _Loop:
         self.starting = threading.Lock()  # a call starts, or is recalled: never both
         self._sending = threading.Lock()  # replies and cut notices share the pipe
         self._retried_types: dict[bytes, tuple[type[BaseException], ...]] = {}
+        self.shared: Any = None  # the job's input, in a forked worker (see SHARED)
 
     def _retried(self, blob: bytes | None) -> tuple[type[BaseException], ...]:
         """The exceptions that the parent retries for this call (see ``Call.retried``);
@@ -379,6 +391,8 @@ class _Loop:
         broken = self.broken
         try:
             fn_id, mode, items, flags, retried_blob = pickle.loads(message[HEADER:])
+            if flags & SHARED:
+                items = by_place(self.shared, items[0], items[1])
         except BaseException as error:  # some argument cannot be rebuilt here
             # Which one is not known: the parent sends the items again one by one.
             record = _record(error, retry=False)
@@ -491,6 +505,41 @@ class _BadArgument(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def by_place(shared: Sequence[Any], start: int, stop: int) -> Sequence[Any]:
+    """Items ``[start, stop)`` of a forked worker's copy of the job's input, as they would
+    have come through the pipe: pickled as the parent pickles them, then rebuilt here.
+
+    Only the work moves (out of the parent, which every worker waits on); what a task
+    gets does not change: an item that pickling alters comes altered, one that cannot be
+    pickled or rebuilt fails (the parent is told, and sends the items themselves).
+    """
+    if stop > len(shared):
+        raise IndexError(f"items {start}:{stop} of an input of {len(shared)}")
+    part = shared[start:stop]
+    if _plain(part):
+        return part  # (these come out of a round trip equal, of the same type, unchanged)
+    try:
+        blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob = dumps_by_value(part)
+    rebuilt: Sequence[Any] = pickle.loads(blob)
+    return rebuilt
+
+
+#: exact types whose values pickling rebuilds equal and of the same type, and that no
+#: task can change: items of only these types need no round trip (``by_place``)
+_PLAIN_TYPES = (int, str, float, bytes, bool, type(None))
+
+
+def _plain(items: Sequence[Any]) -> bool:
+    """Are ``items`` all of one of the plain types? (Mixed ones take the round trip: a
+    count of matching types is fast, a count of others compares each type with it.)"""
+    if not items:
+        return False
+    kind = type(items[0])
+    return kind in _PLAIN_TYPES and list(map(type, items)).count(kind) == len(items)
 
 
 def _rebuild(blob: bytes) -> Any:
