@@ -240,8 +240,10 @@ class Part(Sequence[Any]):
 
     Slicing a list copies its pointers and writes to every item's reference count; in a
     parent whose workers were forked, each write to a page they still share costs a
-    page fault (the page is copied). A worker that has the input names its items by
-    place instead, and the parent never touches them.
+    page fault (the page is copied). A process backend whose workers have a copy of the
+    input sends them the place instead, and each worker pickles and rebuilds its own
+    items (``_worker.by_place``): the parent, which every worker waits on, never touches
+    them. Any other use reads the input itself.
     """
 
     __slots__ = ("seq", "start", "stop")

@@ -400,7 +400,7 @@ class ProcessBackend(Backend):
         if flags & SHARED:
             items = (items.start, items.stop)
         elif type(items) is Part:
-            items = list(items)
+            items = items.seq[items.start : items.stop]
         if flags & ONE_BY_ONE:
             items = [_dumps_item(item) for item in items]
         body = (fn_id, call.mode, items, flags, self._retried_blob(call.retried))
