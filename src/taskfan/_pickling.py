@@ -19,7 +19,15 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, ClassVar
 
-__all__ = ["dumps_by_value"]
+__all__ = ["dumps", "dumps_by_value"]
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` pickled for another process: by reference where pickle can, else by value."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return dumps_by_value(obj)
 
 
 def dumps_by_value(obj: Any) -> bytes:

@@ -40,7 +40,7 @@ from typing import Any
 from .._clock import Clock
 from .._errors import TaskTraceback, WorkerCrashed
 from .._interrupts import ctrl_c_deferred
-from .._pickling import dumps_by_value
+from .._pickling import dumps, dumps_by_value
 from .._start import importable, own_server, start_method, started_by_server, starting
 from ._base import Backend, Call, Cut, Done, Failure, Part, Setup, describe_failure
 from ._server import ServerChild, SharedSlots, fork_worker, shut_down
@@ -402,14 +402,10 @@ class ProcessBackend(Backend):
         elif type(items) is Part:
             items = items.seq[items.start : items.stop]
         if flags & ONE_BY_ONE:
-            items = [_dumps_item(item) for item in items]
+            items = [dumps(item) for item in items]
         body = (fn_id, call.mode, items, flags, self._retried_blob(call.retried))
         try:
-            return pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-        try:
-            return dumps_by_value(body)
+            return dumps(body)
         except Exception:
             pass
         for index, item in enumerate(call.items):
@@ -508,7 +504,7 @@ class ProcessBackend(Backend):
         if values is None:  # the worker could not rebuild the arguments
             worker.items -= sent.count  # it ran none of them
             if sent.flags & SHARED:  # nor pickle its part of the input: send the items
-                self._again(sent, BY_VALUE, drop=SHARED)
+                self._again(sent, BY_VALUE)  # (_by_place drops SHARED)
                 return
             kept = len(sent.call.items) if sent.cut is None else sent.cut
             if kept > 1 and not sent.flags & ONE_BY_ONE:
@@ -834,13 +830,6 @@ def _cut_limit_only(message: bytes) -> tuple[int, int, list[Any], None]:
 
     call_id, limit, _, _ = _Skip(io.BytesIO(message[1:])).load()
     return call_id, limit, [], None
-
-
-def _dumps_item(item: Any) -> bytes:
-    try:
-        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return dumps_by_value(item)
 
 
 def _unsendable_arguments(error: Exception) -> Failure:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._pickling import dumps_by_value
+from .._pickling import dumps, dumps_by_value
 from ._codes import SET_ASIDE, SINGLE
 
 if TYPE_CHECKING:
@@ -520,11 +520,7 @@ def by_place(shared: Sequence[Any], start: int, stop: int) -> Sequence[Any]:
     part = shared[start:stop]
     if _plain(part):
         return part  # (these come out of a round trip equal, of the same type, unchanged)
-    try:
-        blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        blob = dumps_by_value(part)
-    rebuilt: Sequence[Any] = pickle.loads(blob)
+    rebuilt: Sequence[Any] = pickle.loads(dumps(part))  # (as the parent's _encode does)
     return rebuilt
 
 
@@ -619,12 +615,9 @@ def _each_pickled(values: list[Any], records: dict[int, ErrorRecord]) -> list[An
         blob = None
         if i not in records:
             try:
-                blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                try:
-                    blob = dumps_by_value(value)
-                except Exception as error:
-                    records[i] = _unsendable_result(error)
+                blob = dumps(value)
+            except Exception as error:
+                records[i] = _unsendable_result(error)
         blobs.append(blob)
     return blobs
 
