@@ -756,8 +756,16 @@ class Engine:
             wake = min(wake, self._next_start)
         if self.options.timeout is not None and self._inflight:
             wake = min(wake, self._next_deadline(now, self.options.timeout))
-        for _, overdue in self._overdue_times():
-            wake = min(wake, overdue)
+        overdue = self._overdue_times()
+        for _, when in overdue:
+            wake = min(wake, when)
+        if len(overdue) < len(self._expected.keys() - self._cut):
+            # A call still queued at its worker is not among the started ones, and no
+            # backend says when one starts: look again when it would be overdue had it
+            # started now. Waiting for the next call to end instead, a call that starts
+            # after the others have ended, and sticks on a slow task, would hold its
+            # finished results and unstarted items until that task ends.
+            wake = min(wake, now + CUT_FLOOR)
         for observer in self._observers:
             due = observer.next_tick()
             if due is not None:
